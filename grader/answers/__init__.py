@@ -1,0 +1,1 @@
+"""The answer key: reference implementations of every task, one module per lab."""

@@ -1,0 +1,343 @@
+"""Hidden-test checks of Lab 1 (gradients and saliency maps).
+
+Every function is compared with the answer key on a CNN and on a transformer (through its
+input embeddings) and tested for the properties any correct version has: batch = per example,
+no side effects on the model or the inputs, and the method's own identities.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from grader.answers import lab01 as ref
+from grader.checks import Case, CheckFailed, assert_close, as_tensor, copy_kwargs, property_check, reference_check
+from grader.fixtures import EmbeddingInput, mnist_batch, model, model_state, snapshot, text_batch, unchanged
+from xailab.datasets.photos import load_photo
+
+
+# ------------------------------------------------------------------ inputs
+
+def cnn_cases() -> list[Case]:
+    x, y = mnist_batch(4)
+    xd, yd = mnist_batch(3, decoy=True)
+    return [
+        Case("mnist-cnn, 4 digits, their labels", dict(model=model("mnist-cnn"), inputs=x, target=y)),
+        Case("mnist-cnn, 4 digits, class 3 for all", dict(model=model("mnist-cnn"), inputs=x, target=3)),
+        Case("decoy-mnist-cnn, 3 decoy digits", dict(model=model("decoy-mnist-cnn"), inputs=xd, target=yd)),
+    ]
+
+
+def transformer_cases() -> list[Case]:
+    cases = []
+    for name in ("tiny-bert-sentiment", "minilm-sentiment"):
+        batch = text_batch(name)
+        m = model(name)
+        with torch.no_grad():
+            embeds = m.get_input_embeddings()(batch["input_ids"])
+        wrapped = EmbeddingInput(m, batch["attention_mask"]).eval()
+        cases.append(Case(f"{name} via its input embeddings, 4 sentences",
+                          dict(model=wrapped, inputs=embeds, target=torch.tensor([1, 0, 1, 0]))))
+    return cases
+
+
+def photo_cases() -> list[Case]:
+    return [Case("efficientnet-lite0 on the chelsea photo, class 285 (Egyptian cat)",
+                 dict(model=model("efficientnet-lite0"), inputs=load_photo("chelsea")[None], target=285))]
+
+
+def token_cases() -> list[Case]:
+    cases = []
+    for name in ("tiny-bert-sentiment", "minilm-sentiment"):
+        batch = text_batch(name)
+        cases.append(Case(f"{name}, 4 padded sentences, positive class",
+                          dict(model=model(name), **batch, target=1)))
+        cases.append(Case(f"{name}, 4 padded sentences, per-example targets, grad×input",
+                          dict(model=model(name), **batch, target=torch.tensor([1, 0, 0, 1]),
+                               reduction="grad_x_input")))
+    return cases
+
+
+# ------------------------------------------------------------------ shared properties
+
+def side_effect_free(task: str, extra: dict | None = None):
+    """Model (mode, parameters, hooks, .grad) and inputs unchanged; two calls agree."""
+
+    def prop(fn, case: Case) -> None:
+        kwargs = dict(case.kwargs, **(extra or {}))
+        m = kwargs["model"]
+        before_state, before_params = snapshot(m)
+        tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        originals = {k: v.clone() for k, v in tensors.items()}
+        torch.manual_seed(0)
+        first = as_tensor(fn(**kwargs), task)
+        for k, v in tensors.items():
+            if not torch.equal(v, originals[k]) or v.requires_grad or v.grad is not None:
+                raise CheckFailed(f"{task} changed its argument `{k}` (values, requires_grad or .grad) — "
+                                  "work on a detached copy: x = inputs.detach().clone().requires_grad_(True).")
+        after = model_state(m)
+        if not unchanged(m, before_state, before_params):
+            what = [k for k in before_state if before_state[k] != after[k]]
+            raise CheckFailed(f"{task} left the model changed ({', '.join(what) or 'parameters'}): "
+                              "keep eval mode, remove every hook, and use torch.autograd.grad so no .grad "
+                              "accumulates on the parameters.")
+        torch.manual_seed(0)  # random methods draw the same noise twice
+        second = as_tensor(fn(**kwargs), task)
+        assert_close(second, first, f"{task} called twice on {case.description}", 1e-4, 1e-6,
+                     "The second call differs: are gradients accumulating between calls?")
+
+    return prop
+
+
+def batch_equals_single(task: str, rtol=1e-4, atol=1e-5, row_kwargs=("inputs", "target")):
+    """Explaining a batch gives the same rows as explaining each example alone."""
+
+    def prop(fn, case: Case) -> None:
+        kwargs = copy_kwargs(case.kwargs)
+        batched = as_tensor(fn(**kwargs), task)
+        n = kwargs[row_kwargs[0]].shape[0]
+        for i in range(n):
+            single = dict(kwargs)
+            for k in row_kwargs:
+                v = kwargs[k]
+                single[k] = v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+            row = as_tensor(fn(**copy_kwargs(single)), task)
+            assert_close(batched[i:i + 1], row, f"{task}: row {i} of the batch vs example {i} alone "
+                         f"({case.description})", rtol, atol,
+                         "Each example must be explained for its own target, independently of the others.")
+
+    return prop
+
+
+def all_of(*props):
+    def prop(fn, case):
+        for p in props:
+            p(fn, case)
+    return prop
+
+
+class ForwardCounter(nn.Module):
+    """Counts forward calls of the wrapped model (to check that work is batched)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+# ------------------------------------------------------------------ vanilla gradient
+
+reference_check("lab01.vanilla_gradient.cnn", "vanilla_gradient",
+                "matches the reference gradient on the MNIST CNNs (signed and absolute)",
+                lambda: cnn_cases() + [Case("mnist-cnn, absolute=True", dict(cnn_cases()[0].kwargs, absolute=True))],
+                ref.vanilla_gradient,
+                hint="Differentiate the pre-softmax score of the target class of each example.")
+
+reference_check("lab01.vanilla_gradient.transformer", "vanilla_gradient",
+                "matches the reference gradient w.r.t. a transformer's input embeddings",
+                transformer_cases, ref.vanilla_gradient, rtol=1e-3, atol=1e-5)
+
+property_check("lab01.vanilla_gradient.properties", "vanilla_gradient",
+               "batch = per example; model and inputs untouched; repeatable",
+               lambda: cnn_cases()[:1] + transformer_cases()[:1],
+               all_of(batch_equals_single("vanilla_gradient", 1e-3, 1e-5), side_effect_free("vanilla_gradient")))
+
+# ------------------------------------------------------------------ gradient × input
+
+reference_check("lab01.gradient_x_input.reference", "gradient_x_input",
+                "matches the reference on the MNIST CNNs and a transformer",
+                lambda: cnn_cases() + transformer_cases()[:1], ref.gradient_x_input, rtol=1e-3, atol=1e-5)
+
+
+def linear_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(1)
+    lin = nn.Linear(12, 3).eval()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(3, 12, generator=g))
+    x = torch.randn(5, 12, generator=g)
+    return [Case("a linear model f(x) = Wx + b, 5 inputs, class 2", dict(model=lin, inputs=x, target=2))]
+
+
+def linear_is_w_times_x(fn, case: Case) -> None:
+    lin, x = case.kwargs["model"], case.kwargs["inputs"]
+    expected = lin.weight[2].detach() * x
+    assert_close(fn(**copy_kwargs(case.kwargs)), expected, "gradient_x_input on a linear model", 1e-5, 1e-6,
+                 "For f(x) = Wx + b the answer is exactly W[target] ⊙ x (the bias plays no part).")
+
+
+property_check("lab01.gradient_x_input.linear", "gradient_x_input",
+               "equals w ⊙ x on a linear model; model and inputs untouched",
+               linear_cases, all_of(linear_is_w_times_x, side_effect_free("gradient_x_input")))
+
+# ------------------------------------------------------------------ SmoothGrad
+
+
+def sigma_zero_cases() -> list[Case]:
+    return [Case(c.description + ", noise_level=0", dict(c.kwargs, noise_level=0.0, n_samples=3))
+            for c in cnn_cases()[:1] + cnn_cases()[2:] + transformer_cases()[:1]]
+
+
+reference_check("lab01.smoothgrad.sigma_zero", "smoothgrad",
+                "with noise_level = 0 it equals the plain gradient (CNN and transformer)",
+                sigma_zero_cases, lambda **kw: ref.vanilla_gradient(kw["model"], kw["inputs"], kw["target"]),
+                rtol=1e-3, atol=1e-5, hint="With no noise, every sample is the input itself.")
+
+
+class Quadratic(nn.Module):
+    """f_k(x) = Σ_j a_kj x_j²: its gradient 2·a_k·x makes SmoothGrad's expectation exact."""
+
+    def __init__(self, a: torch.Tensor):
+        super().__init__()
+        self.a = nn.Parameter(a)
+
+    def forward(self, x):
+        return (x.flatten(1) ** 2) @ self.a.T
+
+
+def folded_normal_mean(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """E|mu + sigma·N(0,1)|."""
+    z = mu / sigma
+    phi = torch.exp(-0.5 * z ** 2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    return sigma * 2 * phi + mu * (2 * cdf - 1)
+
+
+def quadratic_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(2, 16, generator=g)
+    x = torch.stack([torch.linspace(-2, 2, 16), torch.linspace(0, 1, 16)]).reshape(2, 1, 4, 4)
+    quad = Quadratic(a).eval()
+    return [Case(f"a quadratic model, 2 inputs with ranges 4 and 1, absolute={absolute}",
+                 dict(model=quad, inputs=x, target=1, n_samples=4000, noise_level=0.3, absolute=absolute,
+                      batch_size=8000))
+            for absolute in (False, True)]
+
+
+def smoothgrad_expectation(fn, case: Case) -> None:
+    kw = case.kwargs
+    x, a = kw["inputs"], kw["model"].a.detach()[1].reshape(1, 1, 4, 4)
+    sigma = 0.3 * (x.flatten(1).max(1).values - x.flatten(1).min(1).values).reshape(-1, 1, 1, 1)
+    if kw["absolute"]:
+        expected = 2 * a.abs() * folded_normal_mean(x, sigma)
+    else:
+        expected = 2 * a * x
+    tol = 6 * 2 * a.abs() * sigma / math.sqrt(kw["n_samples"])  # 6 standard errors
+    actual = as_tensor(fn(**copy_kwargs(kw)), "smoothgrad")
+    if actual.shape != x.shape:
+        raise CheckFailed(f"smoothgrad: expected shape {tuple(x.shape)}, got {tuple(actual.shape)}.")
+    off = (actual - expected).abs() > tol + 1e-6
+    if off.any():
+        raise CheckFailed(
+            f"smoothgrad on {case.description}: the average over noisy samples is not the expected "
+            f"SmoothGrad value ({off.float().mean():.0%} of entries beyond 6 standard errors). Check that "
+            "σ = noise_level × (max − min) of EACH example, that σ is a standard deviation, and that "
+            "absolute values are taken per sample only when absolute=True.")
+
+
+property_check("lab01.smoothgrad.expectation", "smoothgrad",
+               "its average equals the exact SmoothGrad expectation (σ relative to each input's range)",
+               quadratic_cases, smoothgrad_expectation)
+
+
+def smoothgrad_batched(fn, case: Case) -> None:
+    counter = ForwardCounter(case.kwargs["model"]).eval()
+    fn(**dict(copy_kwargs(case.kwargs), model=counter, n_samples=16, batch_size=64))
+    if counter.calls > 2:
+        raise CheckFailed(f"smoothgrad made {counter.calls} forward passes for 16 samples of 4 inputs with "
+                          "batch_size=64: stack the noisy copies into one batch instead of looping.")
+
+
+property_check("lab01.smoothgrad.properties", "smoothgrad",
+               "batched over samples; model and inputs untouched",
+               lambda: cnn_cases()[:1],
+               all_of(smoothgrad_batched, side_effect_free("smoothgrad", dict(n_samples=4))))
+
+# ------------------------------------------------------------------ guided backpropagation
+
+reference_check("lab01.guided_backprop.cnn", "guided_backprop",
+                "matches reference guided backpropagation on the MNIST CNNs",
+                cnn_cases, ref.guided_backprop, rtol=1e-3, atol=1e-6,
+                hint="Override the backward pass of every ReLU: pass only positive gradients, where the input was positive.")
+
+reference_check("lab01.guided_backprop.efficientnet", "guided_backprop",
+                "matches the reference on EfficientNet-Lite0, whose activations are ReLU6",
+                photo_cases, ref.guided_backprop, rtol=1e-2, atol=1e-5,
+                hint="EfficientNet-Lite0 uses nn.ReLU6: it needs the same treatment as nn.ReLU.")
+
+property_check("lab01.guided_backprop.properties", "guided_backprop",
+               "hooks removed and model untouched; batch = per example",
+               lambda: cnn_cases()[:1],
+               all_of(side_effect_free("guided_backprop"), batch_equals_single("guided_backprop", 1e-3, 1e-6)))
+
+# ------------------------------------------------------------------ occlusion
+
+
+def occlusion_cases() -> list[Case]:
+    c = cnn_cases()
+    return [
+        Case(c[0].description + ", 4×4 patches, stride 4", dict(c[0].kwargs, patch=4)),
+        Case(c[2].description + ", 6×6 patches, stride 2, grey baseline", dict(c[2].kwargs, patch=6, stride=2, baseline=0.5)),
+    ]
+
+
+reference_check("lab01.occlusion.cnn", "occlusion",
+                "matches reference occlusion on the MNIST CNNs (overlapping windows averaged)",
+                occlusion_cases, ref.occlusion, rtol=1e-3, atol=1e-4,
+                hint="Score drop f(x) − f(x occluded), averaged over the windows that cover each pixel.")
+
+reference_check("lab01.occlusion.efficientnet", "occlusion",
+                "matches the reference on EfficientNet-Lite0 with a real photo",
+                lambda: [Case(photo_cases()[0].description + ", 56×56 patches, stride 56",
+                              dict(photo_cases()[0].kwargs, patch=56))],
+                ref.occlusion, rtol=1e-3, atol=1e-3)
+
+
+def occlusion_batched(fn, case: Case) -> None:
+    counter = ForwardCounter(case.kwargs["model"]).eval()
+    fn(**dict(copy_kwargs(case.kwargs), model=counter, patch=4, stride=4, batch_size=256))
+    if counter.calls > 4:
+        raise CheckFailed(f"occlusion made {counter.calls} forward passes for 49 windows with batch_size=256: "
+                          "stack the occluded copies into batches instead of one pass per window.")
+
+
+property_check("lab01.occlusion.properties", "occlusion",
+               "batched over windows; batch = per example; model and inputs untouched",
+               lambda: [Case(c.description, dict(c.kwargs, patch=7)) for c in cnn_cases()[:1]],
+               all_of(occlusion_batched, batch_equals_single("occlusion", 1e-3, 1e-4),
+                      side_effect_free("occlusion")))
+
+# ------------------------------------------------------------------ token saliency
+
+reference_check("lab01.token_saliency.reference", "token_saliency",
+                "matches reference token saliency on two transformers (L2 and grad×input)",
+                token_cases, ref.token_saliency, rtol=1e-3, atol=1e-5,
+                hint="Differentiate w.r.t. the input embeddings (not the ids), reduce over the hidden size, "
+                     "zero the padding.")
+
+
+def per_sentence(fn, case: Case) -> None:
+    """Each sentence alone (no padding) gives its row of the padded batch."""
+    kw = copy_kwargs(case.kwargs)
+    batched = as_tensor(fn(**kw), "token_saliency")
+    mask = kw["attention_mask"]
+    if batched.shape != mask.shape:
+        raise CheckFailed(f"token_saliency: expected shape {tuple(mask.shape)} (batch, tokens), got {tuple(batched.shape)}.")
+    if (batched[mask == 0] != 0).any():
+        raise CheckFailed("token_saliency: padding positions must be exactly 0.")
+    for i in range(mask.shape[0]):
+        n = int(mask[i].sum())
+        single = dict(kw, input_ids=kw["input_ids"][i:i + 1, :n], attention_mask=mask[i:i + 1, :n])
+        assert_close(batched[i:i + 1, :n], as_tensor(fn(**single), "token_saliency"),
+                     f"token_saliency: sentence {i} in a padded batch vs alone", 1e-3, 1e-4,
+                     "Pass the attention_mask to the model so padding does not change the explanation.")
+
+
+property_check("lab01.token_saliency.properties", "token_saliency",
+               "padding is zero and changes nothing; model and inputs untouched",
+               lambda: token_cases()[:1],
+               all_of(per_sentence, side_effect_free("token_saliency")))

@@ -1,0 +1,73 @@
+"""The check library itself: silent, bounded in time, and clear about what went wrong."""
+import sys
+import time
+import warnings
+
+import pytest
+import torch
+
+from grader.checks import Case, CheckFailed, assert_close, check, property_check, reference_check, run_check
+
+reference_check("selftest.double", "double", "doubles its input",
+                lambda: [Case("a vector", dict(x=torch.arange(4.0)))], lambda x: 2 * x)
+
+
+def test_correct_function_passes_and_prints_to_stdout_only(capfd):
+    check("selftest.double", lambda x: x * 2)
+    out, err = capfd.readouterr()
+    assert "✓ selftest.double" in out and err == ""
+
+
+def test_wrong_values_fail_with_the_size_of_the_error():
+    passed, message = run_check("selftest.double", lambda x: x * 3)
+    assert not passed and "max abs difference 3" in message
+
+
+def test_wrong_shape_is_named():
+    passed, message = run_check("selftest.double", lambda x: (2 * x)[None])
+    assert not passed and "expected shape (4,), got (1, 4)" in message
+
+
+def test_exceptions_become_feedback():
+    def broken(x):
+        raise NotImplementedError()
+    passed, message = run_check("selftest.double", broken)
+    assert not passed and "raised NotImplementedError" in message
+
+
+def test_non_tensor_and_non_callable():
+    assert "should return a torch.Tensor" in run_check("selftest.double", lambda x: [1, 2])[1]
+    assert "is not a function" in run_check("selftest.double", None)[1]
+
+
+def test_student_warnings_and_stderr_never_reach_stderr(capfd):
+    def noisy(x):
+        warnings.warn("a UserWarning, as torch emits")
+        print("debug output", file=sys.stderr)
+        return 2 * x
+    check("selftest.double", noisy)
+    assert capfd.readouterr().err == ""
+
+
+def test_hidden_failure_raises_assertion_error(capfd):
+    with pytest.raises(AssertionError, match="differ"):
+        check("selftest.double", lambda x: x)
+    assert capfd.readouterr().err == ""
+
+
+def test_endless_loop_is_stopped():
+    chk = property_check("selftest.loop", "spin", "terminates", lambda: [Case("nothing", {})],
+                         lambda fn, case: fn())
+    chk.time_limit_s = 0.5
+
+    def spin():
+        while True:
+            pass
+    start = time.perf_counter()
+    passed, message = run_check("selftest.loop", spin)
+    assert not passed and "stopped after" in message and time.perf_counter() - start < 5
+
+
+def test_assert_close_rejects_nan():
+    with pytest.raises(CheckFailed, match="NaN"):
+        assert_close(torch.tensor([float("nan")]), torch.tensor([0.0]), "f", 1e-5, 1e-5)

@@ -1,0 +1,55 @@
+"""Solution notebooks run end to end and pass their own tests; released notebooks are current."""
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grader.grade import REPO, all_labs, release
+from grader.notebooks import execute, stderr_cells
+
+LABS = all_labs()
+
+
+def notebook(lab: str, root: str = "solutions") -> Path:
+    return next((REPO / root / lab).glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_solution_notebook_runs_silently(lab):
+    nb, seconds = execute(notebook(lab))
+    noisy = stderr_cells(nb)
+    test_cells = [c for c in noisy if c.startswith("test_")]
+    assert not test_cells, f"test cells wrote to stderr (nbgrader would score them 0): {test_cells}"
+    print(f"{lab}: {seconds:.1f} s")
+
+
+def nbgrader(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_nbgrader_validate(lab):
+    result = nbgrader("validate", str(notebook(lab)))
+    assert "Success! Your notebook passes all the tests." in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_nbgrader_validate_invert_on_release(lab):
+    result = nbgrader("validate", "--invert", str(notebook(lab, "labs")))
+    assert "NOTEBOOK PASSED ON" not in result.stdout and "Success" in result.stdout, result.stdout + result.stderr
+
+
+def test_labs_are_generated_from_solutions(tmp_path):
+    release(tmp_path)
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(REPO / "labs") for p in (REPO / "labs").rglob("*") if p.is_file())
+    assert fresh == committed, "labs/ has different files than solutions/ generates: run `make labs`"
+    stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, REPO / "labs" / p, shallow=False)]
+    assert not stale, f"labs/ is stale for {stale}: run `make labs` (never edit labs/ by hand)"
+
+
+def test_released_notebooks_do_not_import_the_grader():
+    for path in (REPO / "labs").rglob("*.ipynb"):
+        assert "import grader" not in path.read_text() and "from grader" not in path.read_text(), path

@@ -1,0 +1,1 @@
+"""Offline datasets of the course: MNIST (and Decoy MNIST), concept images, review text, photos."""

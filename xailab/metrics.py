@@ -1,0 +1,24 @@
+"""Comparing explanations: rank correlation and mass inside a region."""
+from __future__ import annotations
+
+import torch
+
+
+def rank(x: torch.Tensor) -> torch.Tensor:
+    """Ranks (0..n-1) along the last axis (ties broken by position)."""
+    return x.argsort(-1).argsort(-1).to(torch.float64)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation per example between two maps of shape (B, ...): returns (B,)."""
+    ra, rb = rank(a.flatten(1)), rank(b.flatten(1))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
+
+
+def mass_inside(attribution: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of |attribution| that falls inside a boolean (B,H,W) mask, per example."""
+    heat = attribution.abs()
+    if heat.dim() == 4:
+        heat = heat.sum(1)
+    return (heat * mask).flatten(1).sum(1) / heat.flatten(1).sum(1).clamp(min=1e-12)
