@@ -1,6 +1,6 @@
 """Build the bundled sample submissions of every lab from its solution and released notebooks.
 
-    python -m grader.samples            (make samples)
+    python -m grader.samples [LAB ...]   (make samples: every lab)
 
 For each lab: sample-full (the answer key's code), sample-blank (the released notebook as is),
 sample-partial (planted bugs from grader.mutants.<lab>.PARTIAL_SAMPLE) and sample-stripped
@@ -70,6 +70,8 @@ def build(lab: str) -> None:
 
 
 if __name__ == "__main__":
-    for lab in all_labs():
+    import sys
+
+    for lab in sys.argv[1:] or all_labs():
         build(lab)
         print(f"samples written for {lab}")
