@@ -47,17 +47,15 @@ def model(name: str) -> nn.Module:
 class EmbeddingInput(nn.Module):
     """A text classifier seen as a function of its input embeddings: (B,T,D) → (B,classes).
 
-    Lets image-style methods (gradient, SmoothGrad, …) run on a transformer."""
+    Lets image-style methods (gradient, SmoothGrad, …) run on a transformer. No padding: use
+    sentences of equal token length (EQUAL_LENGTH), so any batch of rows is valid."""
 
-    def __init__(self, text_model: nn.Module, attention_mask: torch.Tensor):
+    def __init__(self, text_model: nn.Module):
         super().__init__()
         self.text_model = text_model
-        self.register_buffer("attention_mask", attention_mask)
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
-        mask = self.attention_mask
-        if mask.shape[0] != embeds.shape[0]:
-            mask = mask[:1].expand(embeds.shape[0], -1)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         return self.text_model(inputs_embeds=embeds, attention_mask=mask)
 
 
@@ -80,6 +78,15 @@ SENTENCES = (
 )
 
 
+EQUAL_LENGTH = (  # 7 WordPiece tokens each, [CLS] and [SEP] included
+    "a wonderful and moving film",
+    "a dull and boring film",
+    "an awful and painful movie",
+    "a great and lovely story",
+)
+
+
 def text_batch(name: str, sentences=SENTENCES) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask of `sentences` for text model `name` (padded batch)."""
     enc = model(name).encode(list(sentences))
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

@@ -81,17 +81,13 @@ def execute(path: Path, timeout: int = 600, grading: bool = False):
     from nbclient import NotebookClient
 
     nb = nbformat.read(str(path), as_version=4)
-    env_before = os.environ.get("XAILAB_GRADING")
-    os.environ["XAILAB_GRADING"] = "1" if grading else "0"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, XAILAB_GRADING="1" if grading else "0", MPLBACKEND="Agg", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
-    try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("XAILAB_GRADING", None)
-        else:
-            os.environ["XAILAB_GRADING"] = env_before
+    client.execute(env=env)  # the kernel gets this environment
     return nb, time.perf_counter() - start
 
 

@@ -5,8 +5,10 @@ import torch
 
 
 def rank(x: torch.Tensor) -> torch.Tensor:
-    """Ranks (0..n-1) along the last axis (ties broken by position)."""
-    return x.argsort(-1).argsort(-1).to(torch.float64)
+    """Ranks along the last axis; tied values share their average rank (as Spearman requires)."""
+    from scipy.stats import rankdata
+
+    return torch.from_numpy(rankdata(x.detach().cpu().double().numpy(), axis=-1))
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -46,18 +46,23 @@ class Check:
     message: str
     inputs: Callable[[], list[Case]]
     compare: Callable[[Callable, Case], None]
+    prepare: Callable[[list[Case]], None] | None = None  # e.g. compute references, outside the time limit
     time_limit_s: float = TIME_LIMIT_S
 
     def cases(self) -> list[Case]:
         """Built afresh on each run (models come from a cache that repairs damaged ones)."""
         torch.manual_seed(0)
-        return self.inputs()
+        cases = self.inputs()
+        for index, case in enumerate(cases):
+            case.index = index
+        if self.prepare is not None:
+            self.prepare(cases)
+        return cases
 
     def run(self, fn: Callable, cases: list[Case]) -> None:
         if not callable(fn):
             raise CheckFailed(f"{self.task} is not a function (got {type(fn).__name__}).")
-        for index, case in enumerate(cases):
-            case.index = index
+        for case in cases:
             self.compare(fn, case)
 
 
@@ -115,7 +120,7 @@ def run_check(name: str, fn: Callable) -> tuple[bool, str]:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.set_num_threads(2)
-            cases = chk.cases()  # loading models and data is not the student's time
+            cases = chk.cases()  # loading models and computing references is not the student's time
             start = time.perf_counter()
             with _time_limit(chk.time_limit_s):
                 chk.run(fn, cases)
@@ -176,18 +181,21 @@ def reference_check(name: str, task: str, message: str, inputs: Callable[[], lis
     """
     cache: dict[int, torch.Tensor] = {}  # reference results by case index
 
+    def prepare(cases: list[Case]) -> None:
+        for case in cases:
+            if case.index not in cache:
+                torch.manual_seed(0)
+                cache[case.index] = reference(**copy_kwargs(case.kwargs)).detach()
+
     def compare(fn: Callable, case: Case) -> None:
-        key = case.index
-        if key not in cache:
-            cache[key] = reference(**copy_kwargs(case.kwargs)).detach()
-        actual = fn(**copy_kwargs(case.kwargs))
-        actual = as_tensor(actual, task)
-        expected = cache[key]
+        torch.manual_seed(0)
+        actual = as_tensor(fn(**copy_kwargs(case.kwargs)), task)
+        expected = cache[case.index]
         if transform is not None:
             actual, expected = transform(actual), transform(expected)
         assert_close(actual, expected, f"{task} on {case.description}", rtol, atol, hint)
 
-    return register(Check(name, task, message, inputs, compare))
+    return register(Check(name, task, message, inputs, compare, prepare))
 
 
 def copy_kwargs(kwargs: dict) -> dict:

@@ -13,7 +13,7 @@ from torch import nn
 
 from grader.answers import lab01 as ref
 from grader.checks import Case, CheckFailed, assert_close, as_tensor, copy_kwargs, property_check, reference_check
-from grader.fixtures import EmbeddingInput, mnist_batch, model, model_state, snapshot, text_batch, unchanged
+from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, mnist_batch, model, model_state, snapshot, text_batch, unchanged
 from xailab.datasets.photos import load_photo
 
 
@@ -32,11 +32,11 @@ def cnn_cases() -> list[Case]:
 def transformer_cases() -> list[Case]:
     cases = []
     for name in ("tiny-bert-sentiment", "minilm-sentiment"):
-        batch = text_batch(name)
+        batch = text_batch(name, EQUAL_LENGTH)
         m = model(name)
         with torch.no_grad():
             embeds = m.get_input_embeddings()(batch["input_ids"])
-        wrapped = EmbeddingInput(m, batch["attention_mask"]).eval()
+        wrapped = EmbeddingInput(m).eval()
         cases.append(Case(f"{name} via its input embeddings, 4 sentences",
                           dict(model=wrapped, inputs=embeds, target=torch.tensor([1, 0, 1, 0]))))
     return cases
@@ -62,7 +62,9 @@ def token_cases() -> list[Case]:
 # ------------------------------------------------------------------ shared properties
 
 def side_effect_free(task: str, extra: dict | None = None):
-    """Model (mode, parameters, hooks, .grad) and inputs unchanged; two calls agree."""
+    """Model (mode, parameters, hooks, .grad) and inputs unchanged; two calls agree.
+
+    Put it first in `all_of`: it compares with the model as the fixture cache delivered it."""
 
     def prop(fn, case: Case) -> None:
         kwargs = dict(case.kwargs, **(extra or {}))
@@ -145,7 +147,7 @@ reference_check("lab01.vanilla_gradient.transformer", "vanilla_gradient",
 property_check("lab01.vanilla_gradient.properties", "vanilla_gradient",
                "batch = per example; model and inputs untouched; repeatable",
                lambda: cnn_cases()[:1] + transformer_cases()[:1],
-               all_of(batch_equals_single("vanilla_gradient", 1e-3, 1e-5), side_effect_free("vanilla_gradient")))
+               all_of(side_effect_free("vanilla_gradient"), batch_equals_single("vanilla_gradient", 1e-3, 1e-5)))
 
 # ------------------------------------------------------------------ gradient × input
 
@@ -255,7 +257,7 @@ def smoothgrad_batched(fn, case: Case) -> None:
 property_check("lab01.smoothgrad.properties", "smoothgrad",
                "batched over samples; model and inputs untouched",
                lambda: cnn_cases()[:1],
-               all_of(smoothgrad_batched, side_effect_free("smoothgrad", dict(n_samples=4))))
+               all_of(side_effect_free("smoothgrad", dict(n_samples=4)), smoothgrad_batched))
 
 # ------------------------------------------------------------------ guided backpropagation
 
@@ -308,8 +310,8 @@ def occlusion_batched(fn, case: Case) -> None:
 property_check("lab01.occlusion.properties", "occlusion",
                "batched over windows; batch = per example; model and inputs untouched",
                lambda: [Case(c.description, dict(c.kwargs, patch=7)) for c in cnn_cases()[:1]],
-               all_of(occlusion_batched, batch_equals_single("occlusion", 1e-3, 1e-4),
-                      side_effect_free("occlusion")))
+               all_of(side_effect_free("occlusion"), occlusion_batched,
+                      batch_equals_single("occlusion", 1e-3, 1e-4)))
 
 # ------------------------------------------------------------------ token saliency
 
@@ -340,4 +342,4 @@ def per_sentence(fn, case: Case) -> None:
 property_check("lab01.token_saliency.properties", "token_saliency",
                "padding is zero and changes nothing; model and inputs untouched",
                lambda: token_cases()[:1],
-               all_of(per_sentence, side_effect_free("token_saliency")))
+               all_of(side_effect_free("token_saliency"), per_sentence))

@@ -179,13 +179,6 @@ def occ_one_window_per_pass(model, inputs, target, patch=4, stride=None, baselin
 
 
 # --- token saliency
-def ts_padding_kept(model, input_ids, attention_mask, target, reduction="l2"):
-    embeds = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-    scores = ref.target_scores(model, None, target, inputs_embeds=embeds, attention_mask=attention_mask)
-    (g,) = torch.autograd.grad(scores.sum(), embeds)
-    return g.norm(dim=-1) if reduction == "l2" else (g * embeds).sum(-1)
-
-
 def ts_no_attention_mask(model, input_ids, attention_mask, target, reduction="l2"):
     return ref.token_saliency(model, input_ids, torch.ones_like(attention_mask), target, reduction) * attention_mask
 
@@ -245,7 +238,6 @@ MUTANTS = {
         "one forward pass per window": occ_one_window_per_pass,
     },
     "token_saliency": {
-        "padding not zeroed": ts_padding_kept,
         "attention mask not passed to the model": ts_no_attention_mask,
         "sum over the hidden size instead of the L2 norm": ts_sum_not_norm,
         "softmax probability instead of logit": ts_softmax,

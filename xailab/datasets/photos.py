@@ -10,18 +10,14 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
 def load_photo(name: str = "chelsea", size: int = 224) -> torch.Tensor:
-    """A scikit-image photo as a (3,size,size) float tensor in [0,1]: centre crop, then resize."""
+    """A scikit-image photo as a (3,size,size) float tensor in [0,1], resized whole (not cropped)."""
     import skimage.data
     from skimage.transform import resize
 
     if name not in PHOTOS:
         raise ValueError(f"unknown photo '{name}'; choose from {PHOTOS}")
-    image = getattr(skimage.data, name)()
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = image[top:top + s, left:left + s, :3]
-    resized = resize(crop, (size, size), anti_aliasing=True)  # float64 in [0,1]
+    image = getattr(skimage.data, name)()[..., :3]
+    resized = resize(image, (size, size), anti_aliasing=True)  # float64 in [0,1]
     return torch.tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)), dtype=torch.float32)
 
 
