@@ -120,7 +120,11 @@ def run_check(name: str, fn: Callable) -> tuple[bool, str]:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.set_num_threads(2)
-            cases = chk.cases()  # loading models and computing references is not the student's time
+            try:
+                cases = chk.cases()  # loading models and computing references is not the student's time
+            except Exception as err:  # noqa: BLE001
+                return False, (f"✗ {name}: the grader could not prepare this test ({type(err).__name__}: {err}). "
+                               "This is not your fault: tell your instructor.")
             start = time.perf_counter()
             with _time_limit(chk.time_limit_s):
                 chk.run(fn, cases)

@@ -76,6 +76,7 @@ def save_checkpoint(module: torch.nn.Module, folder: Path, config: dict) -> None
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
+    (folder / "model.safetensors").chmod(0o644)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
