@@ -60,13 +60,15 @@ class EmbeddingInput(nn.Module):
 
 
 @lru_cache(maxsize=None)
-def mnist_batch(n: int = 4, split: str = "test", decoy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _mnist(split: str, decoy: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from xailab.datasets.mnist import load_decoy_mnist, load_mnist
 
-    if decoy:
-        x, y, _ = load_decoy_mnist(split)
-    else:
-        x, y = load_mnist(split)
+    return load_decoy_mnist(split)[:2] if decoy else load_mnist(split)
+
+
+def mnist_batch(n: int = 4, split: str = "test", decoy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n digits of a split, as fresh copies (student code may modify what it gets)."""
+    x, y = _mnist(split, decoy)
     return x[:n].clone(), y[:n].clone()
 
 
