@@ -9,33 +9,18 @@ from torch import nn
 from xailab.datasets.concepts import SHAPES, make_concept_dataset
 from xailab.utils import seed_everything
 from xailab.zoo import load_state, register, save_checkpoint
+from xailab.zoo.gap_cnn import GapCNN, conv_relu
 from xailab.zoo.training import accuracy, fit
 
 
-class ConceptCNN(nn.Module):
+class ConceptCNN(GapCNN):
     """conv(16)-pool-conv(32)-pool-conv(64)-pool-conv(64) → global average pool → linear(4).
 
-    Input (N, 3, 64, 64) in [0, 1]; the last feature map is 64×8×8. Plain modules only
-    (no in-place ReLU, no BatchNorm), so hooks and LRP rules apply cleanly.
-    """
+    Input (N, 3, 64, 64) in [0, 1]; the last feature map is 64×8×8."""
 
     def __init__(self, num_classes: int = len(SHAPES)):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        super().__init__(nn.Sequential(*conv_relu(3, 16), nn.MaxPool2d(2), *conv_relu(16, 32), nn.MaxPool2d(2),
+                                       *conv_relu(32, 64), nn.MaxPool2d(2), *conv_relu(64, 64)), 64, num_classes)
 
 
 TRAIN = {"n": 4000, "seed": 1}

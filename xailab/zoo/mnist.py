@@ -8,31 +8,16 @@ from torch import nn
 
 from xailab.datasets.mnist import load_decoy_mnist, load_mnist
 from xailab.zoo import load_state, register, save_checkpoint
+from xailab.zoo.gap_cnn import GapCNN, conv_relu
 from xailab.zoo.training import accuracy, fit
 
 
-class MnistCNN(nn.Module):
-    """conv(16)-conv(32)-pool-conv(64)-pool-conv(64) → global average pool → linear(10).
-
-    Plain modules only (no in-place ReLU, no BatchNorm), so hooks and LRP rules apply cleanly.
-    """
+class MnistCNN(GapCNN):
+    """conv(16)-conv(32)-pool-conv(64)-pool-conv(64) → global average pool → linear(10); input 1×28×28."""
 
     def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+        super().__init__(nn.Sequential(*conv_relu(1, 16), *conv_relu(16, 32), nn.MaxPool2d(2),
+                                       *conv_relu(32, 64), nn.MaxPool2d(2), *conv_relu(64, 64)), 64, num_classes)
 
 
 EPOCHS = {False: 25, True: 30}  # clean, decoy
