@@ -1,5 +1,4 @@
 """The Lab 3 answer key against captum and against slow, explicit re-implementations."""
-import time
 
 import pytest
 import torch
@@ -131,27 +130,3 @@ def test_token_ig_matches_captum_layer_ig(name, rule):
     ours = ref.token_integrated_gradients(m, **batch, target=torch.tensor([1, 0, 1, 0]), n_steps=n, rule=rule,
                                           batch_size=16)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
-
-
-def speed_ratio(n_digits=8, n_steps=64, batch_size=128, repeats=3) -> float:
-    """Time of the reference IG / time of captum's IG on the same inputs (best of `repeats`)."""
-    x, y = mnist_batch(n_digits)
-    m = model("mnist-cnn")
-
-    def best(f):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    ours = best(lambda: ref.integrated_gradients(m, x, y, n_steps=n_steps, batch_size=batch_size))
-    theirs = best(lambda: captum_ig(m, x, y, "midpoint", n_steps, batch_size=batch_size))
-    return ours / theirs
-
-
-def test_speed_comparable_to_captum():
-    ratio = speed_ratio()
-    print(f"reference / captum time: {ratio:.2f}")
-    assert ratio < 2.0
