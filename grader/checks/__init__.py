@@ -175,6 +175,21 @@ def assert_close(actual: Any, expected: torch.Tensor, what: str, rtol: float, at
         )
 
 
+def prepared_check(name: str, task: str, message: str, inputs: Callable[[], list[Case]],
+                   expected: Callable[[Case], Any], compare: Callable[[Callable, Case, Any], None]) -> Check:
+    """A check whose expected value `expected(case)` is computed once, before the time limit starts,
+    and handed to `compare(fn, case, expected_value)`."""
+    cache: dict[int, Any] = {}  # expected values by case index
+
+    def prepare(cases: list[Case]) -> None:
+        for case in cases:
+            if case.index not in cache:
+                cache[case.index] = expected(case)
+
+    return register(Check(name, task, message, inputs, lambda fn, case: compare(fn, case, cache[case.index]),
+                          prepare))
+
+
 def reference_check(name: str, task: str, message: str, inputs: Callable[[], list[Case]], reference: Callable,
                     rtol: float = 1e-4, atol: float = 1e-5, hint: str = "",
                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Check:
@@ -183,23 +198,19 @@ def reference_check(name: str, task: str, message: str, inputs: Callable[[], lis
     Each call gets its own copy of the tensor arguments, so an in-place edit by the student
     cannot leak into the reference (that side effect has checks of its own).
     """
-    cache: dict[int, torch.Tensor] = {}  # reference results by case index
 
-    def prepare(cases: list[Case]) -> None:
-        for case in cases:
-            if case.index not in cache:
-                torch.manual_seed(0)
-                cache[case.index] = reference(**copy_kwargs(case.kwargs)).detach()
+    def expected(case: Case) -> torch.Tensor:
+        torch.manual_seed(0)
+        return reference(**copy_kwargs(case.kwargs)).detach()
 
-    def compare(fn: Callable, case: Case) -> None:
+    def compare(fn: Callable, case: Case, expected_value: torch.Tensor) -> None:
         torch.manual_seed(0)
         actual = as_tensor(fn(**copy_kwargs(case.kwargs)), task)
-        expected = cache[case.index]
         if transform is not None:
-            actual, expected = transform(actual), transform(expected)
-        assert_close(actual, expected, f"{task} on {case.description}", rtol, atol, hint)
+            actual, expected_value = transform(actual), transform(expected_value)
+        assert_close(actual, expected_value, f"{task} on {case.description}", rtol, atol, hint)
 
-    return register(Check(name, task, message, inputs, compare, prepare))
+    return prepared_check(name, task, message, inputs, expected, compare)
 
 
 def copy_kwargs(kwargs: dict) -> dict:
