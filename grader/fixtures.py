@@ -1,4 +1,4 @@
-"""Models and inputs shared by the checks, cached, and restored if a student's code damaged them."""
+"""Models and inputs shared by the checks and the answer-key tests, cached."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,42 +6,20 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from grader.checks.student import mark_zoo_model
 from xailab import load_model
 
-_MODELS: dict[str, tuple[nn.Module, dict, dict[str, torch.Tensor]]] = {}
-
-
-def model_state(model: nn.Module) -> dict:
-    """What a well-behaved explanation method must leave as it found it."""
-    return {
-        "training": [m.training for m in model.modules()],
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                     + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules()),
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": sum(p.grad is not None for p in model.parameters()),
-        "modules": [type(m).__name__ for m in model.modules()],
-    }
-
-
-def unchanged(model: nn.Module, state: dict, params: dict[str, torch.Tensor]) -> bool:
-    """True when `model` still has the given state and parameter values."""
-    current = dict(model.named_parameters())
-    return (model_state(model) == state and current.keys() == params.keys()
-            and all(torch.equal(current[k], v) for k, v in params.items()))
-
-
-def snapshot(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-    return model_state(model), {k: v.detach().clone() for k, v in model.named_parameters()}
+_MODELS: dict[str, nn.Module] = {}
 
 
 def model(name: str) -> nn.Module:
-    """A cached zoo model in eval mode; reloaded when a previous call left it modified."""
-    if name in _MODELS and unchanged(*_MODELS[name]):
-        return _MODELS[name][0]
-    torch.manual_seed(0)
-    m = load_model(name)
-    _MODELS[name] = (m, *snapshot(m))
-    return m
+    """A cached zoo model in eval mode. Checks hand out copies only (pickled; in the kernel the model
+    is loaded by name from the zoo), so the cached one is never changed by a student's code."""
+    if name not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS[name] = load_model(name)
+        mark_zoo_model(name, _MODELS[name])
+    return _MODELS[name]
 
 
 class EmbeddingInput(nn.Module):

@@ -1,24 +1,37 @@
 """Declarative checks called by name from hidden test cells.
 
-A check holds its inputs, the reference call, the comparison with its tolerance and the
-feedback message. Running one is silent on stderr (nbgrader zeroes a cell that writes there),
-deterministic (fixed seeds and thread count), bounded in time, and turns every student error —
-an exception, a wrong shape, a loop that never ends — into one clear AssertionError.
+A check holds its inputs, the reference call, the comparison with its tolerance and the feedback
+message. It sees the student's function only as a `Student` (grader/checks/student.py): in the
+test suite the function runs in this process, while grading it runs in the sandboxed notebook and
+the verdict is made here, in the trusted checker. Either way a check is silent, deterministic
+(fixed seeds and thread count), bounded in time, and turns every student error — an exception, a
+wrong shape, a loop that never ends — into one clear feedback line.
+
+Time limits do not depend on how busy the machine is: a check's budget is a multiple of the answer
+key's own time on the same cases (with a floor), scaled by how slow a small fixed workload runs right
+now; only the student's function counts against it (references are computed once, in `setup`), and
+a check that runs out of time is tried once more before it fails.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import io
-import signal
-import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-TIME_LIMIT_S = 15
+from grader.checks.student import (BadReply, KernelLost, LocalStudent, OutOfTime, Reply, Student, StudentError,
+                                   probe_seconds)
+from xailab.grading import THREADS
+
+FLOOR_S = 10.0  # the smallest budget of a check, in seconds of the student's own run time
+KEY_FACTOR = 20.0  # budget = max(FLOOR_S, KEY_FACTOR × the answer key's time on the same cases) × load
+
+__all__ = ["Case", "Check", "CheckFailed", "Reply", "Student", "all_of", "as_tensor", "assert_close",
+           "checks_for", "prepared_check", "property_check", "reference_check", "register", "run_check"]
 
 
 class CheckFailed(AssertionError):
@@ -31,12 +44,26 @@ class Case:
 
     description: str
     kwargs: dict[str, Any]
-    index: int = 0  # position within its check (set when run)
+    index: int = 0  # position within its check (set by setup)
+
+
+@contextlib.contextmanager
+def quiet():
+    """No warnings, nothing on stderr, the course's thread count, grad mode restored."""
+    threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.set_num_threads(THREADS)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(grad)
 
 
 @dataclass
 class Check:
-    """`inputs()` builds the cases; `compare(actual, case)` raises CheckFailed when wrong.
+    """`inputs()` builds the cases; `compare(student, case)` raises CheckFailed when wrong.
 
     For reference comparisons use `reference_check`; for properties write `compare` directly.
     """
@@ -45,25 +72,48 @@ class Check:
     task: str
     message: str
     inputs: Callable[[], list[Case]]
-    compare: Callable[[Callable, Case], None]
+    compare: Callable[[Student, Case], None]
     prepare: Callable[[list[Case]], None] | None = None  # e.g. compute references, outside the time limit
-    time_limit_s: float = TIME_LIMIT_S
+    floor_s: float = FLOOR_S
+    _cases: list[Case] | None = field(default=None, repr=False)
+    key_seconds: float = 0.0  # the answer key's own run time on the cases
+    probe_s: float = 0.0  # the load probe's time when the key was timed
 
-    def cases(self) -> list[Case]:
-        """Built afresh on each run (models come from a cache that repairs damaged ones)."""
-        torch.manual_seed(0)
-        cases = self.inputs()
-        for index, case in enumerate(cases):
-            case.index = index
-        if self.prepare is not None:
-            self.prepare(cases)
-        return cases
+    @property
+    def lab(self) -> str:
+        return self.name.split(".")[0]
 
-    def run(self, fn: Callable, cases: list[Case]) -> None:
-        if not callable(fn):
-            raise CheckFailed(f"{self.task} is not a function (got {type(fn).__name__}).")
+    def answer_key(self) -> Callable:
+        return getattr(importlib.import_module(f"grader.answers.{self.lab}"), self.task)
+
+    def setup(self) -> list[Case]:
+        """Cases, references and the answer key's timing: computed once per process, then reused
+        (the function under test only ever gets copies, so nothing can damage them)."""
+        if self._cases is None:
+            with quiet():
+                torch.manual_seed(0)
+                cases = self.inputs()
+                for index, case in enumerate(cases):
+                    case.index = index
+                if self.prepare is not None:
+                    self.prepare(cases)
+                probe = probe_seconds()
+                key = LocalStudent(self.answer_key(), self.task)
+                try:
+                    self.run(key, cases)
+                except (AssertionError, StudentError, BadReply, OutOfTime) as err:
+                    raise RuntimeError(f"the answer key fails this check ({type(err).__name__}: {err})") from None
+                self.key_seconds, self.probe_s, self._cases = key.used, probe, cases
+        return self._cases
+
+    def budget(self) -> float:
+        """Seconds the student's function may use for this check, measured against the load right now."""
+        load = max(1.0, probe_seconds() / max(self.probe_s, 1e-6))
+        return max(self.floor_s, KEY_FACTOR * self.key_seconds) * load
+
+    def run(self, student: Student, cases: list[Case]) -> None:
         for case in cases:
-            self.compare(fn, case)
+            self.compare(student, case)
 
 
 REGISTRY: dict[str, Check] = {}
@@ -74,7 +124,7 @@ def register(check_: Check) -> Check:
     return check_
 
 
-def _load(name: str) -> Check:
+def get(name: str) -> Check:
     lab = name.split(".")[0]
     if name not in REGISTRY:
         importlib.import_module(f"grader.checks.{lab}")
@@ -89,63 +139,51 @@ def checks_for(lab: str, task: str | None = None) -> list[Check]:
     return [c for n, c in REGISTRY.items() if n.startswith(lab + ".") and (task is None or c.task == task)]
 
 
-class _Timeout(BaseException):
-    pass
+def run_check(name: str, fn: Callable | Student) -> tuple[bool, str]:
+    """Run check `name` on `fn` (a function, or a Student while grading); return (passed, feedback).
 
-
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    def on_alarm(signum, frame):
-        raise _Timeout()
-
+    Never raises, never writes to stderr."""
     try:
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-    except ValueError:  # not in the main thread: no limit
-        yield
-        return
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+        chk = get(name)
+    except (KeyError, ImportError) as err:
+        return False, f"✗ {name}: no such check ({err}). This is not your fault: tell your instructor."
+    if isinstance(fn, Student):
+        student = fn
+    elif callable(fn):
+        student = LocalStudent(fn, chk.task)
+    else:
+        return False, f"✗ {name}: {chk.task} is not a function (got {type(fn).__name__})."
     try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def run_check(name: str, fn: Callable) -> tuple[bool, str]:
-    """Run check `name` on `fn`; return (passed, feedback). Never raises, never writes to stderr."""
-    chk = _load(name)
-    threads = torch.get_num_threads()
-    grad_enabled = torch.is_grad_enabled()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.set_num_threads(2)
-            try:
-                cases = chk.cases()  # loading models and computing references is not the student's time
-            except Exception as err:  # noqa: BLE001
-                return False, (f"✗ {name}: the grader could not prepare this test ({type(err).__name__}: {err}). "
-                               "This is not your fault: tell your instructor.")
-            start = time.perf_counter()
-            with _time_limit(chk.time_limit_s):
-                chk.run(fn, cases)
-    except CheckFailed as err:
-        return False, f"✗ {name}: {err}"
-    except _Timeout:
-        return False, f"✗ {name}: stopped after {chk.time_limit_s:.0f} s — does your {chk.task} loop forever, or loop where it could batch?"
-    except Exception as err:  # the student's code raised
-        return False, f"✗ {name}: {chk.task} raised {type(err).__name__}: {err}"
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_grad_enabled(grad_enabled)
-    return True, f"✓ {name}: {chk.message} ({time.perf_counter() - start:.1f} s)"
-
-
-def check(name: str, fn: Callable) -> None:
-    """Hidden-test entry point: print the result; raise AssertionError (and lose the points) on failure."""
-    passed, feedback = run_check(name, fn)
-    print(feedback)
-    if not passed:
-        raise AssertionError(feedback) from None
+        cases = chk.setup()
+    except Exception as err:  # noqa: BLE001
+        return False, (f"✗ {name}: the grader could not prepare this test ({type(err).__name__}: {err}). "
+                       "This is not your fault: tell your instructor.")
+    budget = 0.0
+    for attempt in (1, 2):
+        budget = chk.budget()
+        student.start(budget)
+        try:
+            with quiet():
+                chk.run(student, cases)
+        except OutOfTime:
+            if attempt == 1:
+                continue  # a busy moment is not the student's fault: measure the load again, try once more
+            return False, (f"✗ {name}: {chk.task} did not finish within its time budget of {budget:.0f} s "
+                           f"({KEY_FACTOR:.0f}× the answer key's time on the same inputs, measured on the grading "
+                           "machine at the same moment; tried twice). Batch the work where you loop over examples, "
+                           "steps or windows, and make sure every loop ends.")
+        except CheckFailed as err:
+            return False, f"✗ {name}: {err}"
+        except StudentError as err:
+            return False, f"✗ {name}: {chk.task} raised {err}"
+        except BadReply as err:
+            return False, f"✗ {name}: {err}"
+        except KernelLost as err:
+            return False, f"✗ {name}: {err}"
+        except Exception as err:  # noqa: BLE001 - the result had a form the check could not handle
+            return False, f"✗ {name}: {chk.task}'s result could not be checked ({type(err).__name__}: {err})."
+        return True, f"✓ {name}: {chk.message} ({student.used:.1f} s)"
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- comparison helpers
@@ -175,16 +213,18 @@ def assert_close(actual: Any, expected: torch.Tensor, what: str, rtol: float, at
         )
 
 
+# ---------------------------------------------------------------- check builders
+
 def prepared_check(name: str, task: str, message: str, inputs: Callable[[], list[Case]],
-                   expected: Callable[[Case], Any], compare: Callable[[Callable, Case, Any], None]) -> Check:
-    """A check whose expected value `expected(case)` is computed once, before the time limit starts,
-    and handed to `compare(fn, case, expected_value)`."""
+                   expected: Callable[[Case], Any], compare: Callable[[Student, Case, Any], None]) -> Check:
+    """A check whose expected value `expected(case)` is computed once, in setup (never in the
+    student's time), and handed to `compare(student, case, expected_value)`."""
     cache: dict[int, Any] = {}  # expected values by case index
 
     def prepare(cases: list[Case]) -> None:
         for case in cases:
-            if case.index not in cache:
-                cache[case.index] = expected(case)
+            torch.manual_seed(0)
+            cache[case.index] = expected(case)
 
     return register(Check(name, task, message, inputs, lambda fn, case: compare(fn, case, cache[case.index]),
                           prepare))
@@ -193,19 +233,13 @@ def prepared_check(name: str, task: str, message: str, inputs: Callable[[], list
 def reference_check(name: str, task: str, message: str, inputs: Callable[[], list[Case]], reference: Callable,
                     rtol: float = 1e-4, atol: float = 1e-5, hint: str = "",
                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Check:
-    """Compare `fn(**case.kwargs)` with `reference(**case.kwargs)` on every case.
-
-    Each call gets its own copy of the tensor arguments, so an in-place edit by the student
-    cannot leak into the reference (that side effect has checks of its own).
-    """
+    """Compare `fn(**case.kwargs)` with `reference(**case.kwargs)` on every case (both seeded with 0)."""
 
     def expected(case: Case) -> torch.Tensor:
-        torch.manual_seed(0)
         return reference(**copy_kwargs(case.kwargs)).detach()
 
-    def compare(fn: Callable, case: Case, expected_value: torch.Tensor) -> None:
-        torch.manual_seed(0)
-        actual = as_tensor(fn(**copy_kwargs(case.kwargs)), task)
+    def compare(fn: Student, case: Case, expected_value: torch.Tensor) -> None:
+        actual = as_tensor(fn(**case.kwargs), task)
         if transform is not None:
             actual, expected_value = transform(actual), transform(expected_value)
         assert_close(actual, expected_value, f"{task} on {case.description}", rtol, atol, hint)
@@ -214,10 +248,19 @@ def reference_check(name: str, task: str, message: str, inputs: Callable[[], lis
 
 
 def copy_kwargs(kwargs: dict) -> dict:
+    """Fresh copies of the tensor arguments (for reference calls made in this process)."""
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
 
 def property_check(name: str, task: str, message: str, inputs: Callable[[], list[Case]],
-                   prop: Callable[[Callable, Case], None]) -> Check:
-    """A check of a property (`prop(fn, case)` raises CheckFailed when violated)."""
+                   prop: Callable[[Student, Case], None]) -> Check:
+    """A check of a property (`prop(student, case)` raises CheckFailed when violated)."""
     return register(Check(name, task, message, inputs, prop))
+
+
+def all_of(*props):
+    """One property made of several, checked in order."""
+    def prop(fn, case):
+        for p in props:
+            p(fn, case)
+    return prop

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from grader.answers import lab01 as ref
-from grader.checks import Case, CheckFailed, assert_close, as_tensor, copy_kwargs, property_check, reference_check
-from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, mnist_batch, model, model_state, snapshot, text_batch, unchanged
+from grader.checks import Case, CheckFailed, all_of, as_tensor, assert_close, property_check, reference_check
+from grader.checks.properties import batch_equals_single, count_forward, side_effect_free
+from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, mnist_batch, model, text_batch
 from xailab.datasets.photos import load_photo
 
 
@@ -59,79 +60,6 @@ def token_cases() -> list[Case]:
     return cases
 
 
-# ------------------------------------------------------------------ shared properties
-
-def side_effect_free(task: str, extra: dict | None = None):
-    """Model (mode, parameters, hooks, .grad) and inputs unchanged; two calls agree.
-
-    Put it first in `all_of`: it compares with the model as the fixture cache delivered it."""
-
-    def prop(fn, case: Case) -> None:
-        kwargs = dict(case.kwargs, **(extra or {}))
-        m = kwargs["model"]
-        before_state, before_params = snapshot(m)
-        tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-        originals = {k: v.clone() for k, v in tensors.items()}
-        torch.manual_seed(0)
-        first = as_tensor(fn(**kwargs), task)
-        for k, v in tensors.items():
-            if not torch.equal(v, originals[k]) or v.requires_grad or v.grad is not None:
-                raise CheckFailed(f"{task} changed its argument `{k}` (values, requires_grad or .grad) — "
-                                  "work on a detached copy: x = inputs.detach().clone().requires_grad_(True).")
-        after = model_state(m)
-        if not unchanged(m, before_state, before_params):
-            what = [k for k in before_state if before_state[k] != after[k]]
-            raise CheckFailed(f"{task} left the model changed ({', '.join(what) or 'parameters'}): "
-                              "keep eval mode, remove every hook, and use torch.autograd.grad so no .grad "
-                              "accumulates on the parameters.")
-        torch.manual_seed(0)  # random methods draw the same noise twice
-        second = as_tensor(fn(**kwargs), task)
-        assert_close(second, first, f"{task} called twice on {case.description}", 1e-4, 1e-6,
-                     "The second call differs: are gradients accumulating between calls?")
-
-    return prop
-
-
-def batch_equals_single(task: str, rtol=1e-4, atol=1e-5, row_kwargs=("inputs", "target")):
-    """Explaining a batch gives the same rows as explaining each example alone."""
-
-    def prop(fn, case: Case) -> None:
-        kwargs = copy_kwargs(case.kwargs)
-        batched = as_tensor(fn(**kwargs), task)
-        n = kwargs[row_kwargs[0]].shape[0]
-        for i in range(n):
-            single = dict(kwargs)
-            for k in row_kwargs:
-                v = kwargs[k]
-                single[k] = v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
-            row = as_tensor(fn(**copy_kwargs(single)), task)
-            assert_close(batched[i:i + 1], row, f"{task}: row {i} of the batch vs example {i} alone "
-                         f"({case.description})", rtol, atol,
-                         "Each example must be explained for its own target, independently of the others.")
-
-    return prop
-
-
-def all_of(*props):
-    def prop(fn, case):
-        for p in props:
-            p(fn, case)
-    return prop
-
-
-class ForwardCounter(nn.Module):
-    """Counts forward calls of the wrapped model (to check that work is batched)."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
 # ------------------------------------------------------------------ vanilla gradient
 
 reference_check("lab01.vanilla_gradient.cnn", "vanilla_gradient",
@@ -168,7 +96,7 @@ def linear_cases() -> list[Case]:
 def linear_is_w_times_x(fn, case: Case) -> None:
     lin, x = case.kwargs["model"], case.kwargs["inputs"]
     expected = lin.weight[2].detach() * x
-    assert_close(fn(**copy_kwargs(case.kwargs)), expected, "gradient_x_input on a linear model", 1e-5, 1e-6,
+    assert_close(fn(**case.kwargs), expected, "gradient_x_input on a linear model", 1e-5, 1e-6,
                  "For f(x) = Wx + b the answer is exactly W[target] ⊙ x (the bias plays no part).")
 
 
@@ -229,7 +157,7 @@ def smoothgrad_expectation(fn, case: Case) -> None:
     else:
         expected = 2 * a * x
     tol = 6 * 2 * a.abs() * sigma / math.sqrt(kw["n_samples"])  # 6 standard errors
-    actual = as_tensor(fn(**copy_kwargs(kw)), "smoothgrad")
+    actual = as_tensor(fn(**kw), "smoothgrad")
     if actual.shape != x.shape:
         raise CheckFailed(f"smoothgrad: expected shape {tuple(x.shape)}, got {tuple(actual.shape)}.")
     off = (actual - expected).abs() > tol + 1e-6
@@ -247,10 +175,9 @@ property_check("lab01.smoothgrad.expectation", "smoothgrad",
 
 
 def smoothgrad_batched(fn, case: Case) -> None:
-    counter = ForwardCounter(case.kwargs["model"]).eval()
-    fn(**dict(copy_kwargs(case.kwargs), model=counter, n_samples=16, batch_size=64))
-    if counter.calls > 2:
-        raise CheckFailed(f"smoothgrad made {counter.calls} forward passes for 16 samples of 4 inputs with "
+    _, calls, _ = count_forward(fn, dict(case.kwargs, n_samples=16, batch_size=64))
+    if calls > 2:
+        raise CheckFailed(f"smoothgrad made {calls} forward passes for 16 samples of 4 inputs with "
                           "batch_size=64: stack the noisy copies into one batch instead of looping.")
 
 
@@ -300,10 +227,9 @@ reference_check("lab01.occlusion.efficientnet", "occlusion",
 
 
 def occlusion_batched(fn, case: Case) -> None:
-    counter = ForwardCounter(case.kwargs["model"]).eval()
-    fn(**dict(copy_kwargs(case.kwargs), model=counter, patch=4, stride=4, batch_size=256))
-    if counter.calls > 4:
-        raise CheckFailed(f"occlusion made {counter.calls} forward passes for 49 windows with batch_size=256: "
+    _, calls, _ = count_forward(fn, dict(case.kwargs, patch=4, stride=4, batch_size=256))
+    if calls > 4:
+        raise CheckFailed(f"occlusion made {calls} forward passes for 49 windows with batch_size=256: "
                           "stack the occluded copies into batches instead of one pass per window.")
 
 
@@ -324,7 +250,7 @@ reference_check("lab01.token_saliency.reference", "token_saliency",
 
 def per_sentence(fn, case: Case) -> None:
     """Each sentence alone (no padding) gives its row of the padded batch."""
-    kw = copy_kwargs(case.kwargs)
+    kw = case.kwargs
     batched = as_tensor(fn(**kw), "token_saliency")
     mask = kw["attention_mask"]
     if batched.shape != mask.shape:

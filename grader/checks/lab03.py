@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from grader.answers import lab03 as ref
-from grader.checks import (Case, CheckFailed, as_tensor, assert_close, copy_kwargs, prepared_check,
+from grader.checks import (Case, CheckFailed, all_of, as_tensor, assert_close, copy_kwargs, prepared_check,
                            property_check, reference_check)
-from grader.checks.lab01 import all_of, batch_equals_single, side_effect_free
+from grader.checks.properties import batch_equals_single, count_forward, side_effect_free
 from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, mnist_batch, model, text_batch
 from xailab.datasets.photos import load_photo
 
@@ -39,21 +39,6 @@ class Symmetric(nn.Module):
 
     def forward(self, x):
         return (torch.sigmoid(2 * (x[:, 0] + x[:, 1]) - 1) + x[:, 2] * x[:, 3] + 0 * x[:, 4])[:, None]
-
-
-class RowCounter(nn.Module):
-    """Counts forward passes and the largest batch seen by the wrapped model."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-        self.rows = 0
-
-    def forward(self, x):
-        self.calls += 1
-        self.rows = max(self.rows, x.shape[0])
-        return self.inner(x)
 
 
 # ------------------------------------------------------------------ inputs
@@ -153,7 +138,7 @@ def linear_is_exact(fn, case: Case) -> None:
     lin, x = kw["model"], kw["inputs"]
     base = ref.as_baseline(x, kw["baseline"])
     expected = (x - base) * lin.weight[kw["target"]].detach()
-    assert_close(fn(**copy_kwargs(kw)), expected, f"integrated_gradients on {case.description}", 1e-4, 1e-5,
+    assert_close(fn(**kw), expected, f"integrated_gradients on {case.description}", 1e-4, 1e-5,
                  "For f(x) = Wx + b every rule gives exactly (x − x′) ⊙ W[target]: are the weights summing "
                  "to 1 (a sum over steps, not a mean of weighted terms), and do you multiply by x − x′?")
 
@@ -180,7 +165,7 @@ def exact_completeness(fn, case: Case) -> None:
         change = quad(x)[:, 1] - quad(base)[:, 1]
     q = 2 * (a * d ** 2).sum(1)  # the integrand's slope in α
     expected_gap = {"left": -q / (2 * n), "right": q / (2 * n)}.get(rule, torch.zeros_like(q))
-    attr = as_tensor(fn(**copy_kwargs(kw)), "integrated_gradients")
+    attr = as_tensor(fn(**kw), "integrated_gradients")
     if attr.shape != x.shape:
         raise CheckFailed(f"integrated_gradients: expected shape {tuple(x.shape)}, got {tuple(attr.shape)}.")
     assert_close(attr.flatten(1).sum(1) - change, expected_gap,
@@ -201,7 +186,7 @@ def symmetry_cases() -> list[Case]:
 
 
 def symmetric(fn, case: Case) -> None:
-    attr = as_tensor(fn(**copy_kwargs(case.kwargs)), "integrated_gradients")
+    attr = as_tensor(fn(**case.kwargs), "integrated_gradients")
     if attr.shape != case.kwargs["inputs"].shape:
         raise CheckFailed(f"integrated_gradients: expected shape {tuple(case.kwargs['inputs'].shape)}, "
                           f"got {tuple(attr.shape)}.")
@@ -219,7 +204,7 @@ property_check("lab03.integrated_gradients.symmetry", "integrated_gradients",
 
 
 def baseline_is_input(fn, case: Case) -> None:
-    kw = copy_kwargs(case.kwargs)
+    kw = case.kwargs
     attr = fn(**dict(kw, baseline=kw["inputs"].clone()))
     assert_close(attr, torch.zeros_like(kw["inputs"]), f"integrated_gradients on {case.description} with "
                  "baseline = the input itself", 0, 1e-7, "The path has length 0: every attribution is 0.")
@@ -231,17 +216,16 @@ property_check("lab03.integrated_gradients.baseline_is_input", "integrated_gradi
 
 
 def batched_and_chunked(fn, case: Case) -> None:
-    kw = copy_kwargs(case.kwargs)
-    counter = RowCounter(kw["model"]).eval()
-    fn(**dict(kw, model=counter, n_steps=8, batch_size=16))
-    if counter.rows > 16:
-        raise CheckFailed(f"integrated_gradients fed {counter.rows} rows to the model at once with batch_size=16: "
+    kw = case.kwargs
+    _, calls, rows = count_forward(fn, dict(kw, n_steps=8, batch_size=16))
+    if rows > 16:
+        raise CheckFailed(f"integrated_gradients fed {rows} rows to the model at once with batch_size=16: "
                           "process the steps in chunks of batch_size // B steps so memory stays bounded.")
-    if counter.calls > 3:
-        raise CheckFailed(f"integrated_gradients made {counter.calls} forward passes for 8 steps of 4 inputs "
+    if calls > 3:
+        raise CheckFailed(f"integrated_gradients made {calls} forward passes for 8 steps of 4 inputs "
                           "with batch_size=16: put several steps into each pass instead of looping over steps.")
-    one = fn(**dict(copy_kwargs(kw), n_steps=6, batch_size=4))
-    many = fn(**dict(copy_kwargs(kw), n_steps=6, batch_size=1000))
+    one = fn(**dict(kw, n_steps=6, batch_size=4))
+    many = fn(**dict(kw, n_steps=6, batch_size=1000))
     assert_close(one, many, f"integrated_gradients with batch_size=4 vs 1000 on {case.description}", 1e-4, 1e-6,
                  "The chunk size must not change the result.")
 
@@ -302,7 +286,7 @@ def steps_cases() -> list[Case]:
 
 
 def same_steps(fn, case: Case, expected) -> None:
-    actual = fn(**copy_kwargs(case.kwargs))
+    actual = fn(**case.kwargs)
     if isinstance(actual, torch.Tensor) and actual.numel() == 1:
         actual = actual.item()
     if actual != expected:
@@ -376,7 +360,7 @@ def expected_ig_cases() -> list[Case]:
 
 
 def seeded_call(f, case: Case):
-    kw = copy_kwargs(case.kwargs)
+    kw = copy_kwargs(case.kwargs)  # the reference runs in this process
     generator = torch.Generator().manual_seed(kw.pop("seed"))
     return f(**kw, generator=generator)
 
@@ -438,7 +422,7 @@ reference_check("lab03.token_integrated_gradients.minilm", "token_integrated_gra
 
 
 def token_complete_and_padded(fn, case: Case) -> None:
-    kw = copy_kwargs(case.kwargs)
+    kw = case.kwargs
     m, ids, mask = kw["model"], kw["input_ids"], kw["attention_mask"]
     attr = as_tensor(fn(**dict(kw, n_steps=16)), "token_integrated_gradients")
     if attr.shape != ids.shape:

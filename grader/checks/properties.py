@@ -1,0 +1,100 @@
+"""Properties every explanation method has, shared by the labs' checks.
+
+They observe the function under test only through `Student.call`: side effects are reported by
+the kernel (`observe=True`), forward passes are counted by a wrapper module that travels with the
+arguments, and whatever must be read after the call is turned into plain values by a `post`
+function that runs where the function lives.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grader.checks import Case, CheckFailed, as_tensor, assert_close
+
+
+def side_effect_free(task: str, extra: dict | None = None, rtol: float = 1e-4, atol: float = 1e-6):
+    """Model (mode, parameters, buffers, hooks, .grad) and tensor arguments unchanged; two calls agree."""
+
+    def prop(fn, case: Case) -> None:
+        kwargs = dict(case.kwargs, **(extra or {}))
+        first = fn.call(kwargs, observe=True)
+        check_no_side_effects(task, first.facts)
+        second = fn(**kwargs)
+        assert_close(second, as_tensor(first.output, task), f"{task} called twice on {case.description}", rtol, atol,
+                     "The second call differs: are gradients accumulating between calls?")
+
+    return prop
+
+
+def check_no_side_effects(task: str, facts: dict) -> None:
+    """Raise CheckFailed if the observed facts show a changed argument or model."""
+    for name, f in sorted(facts.get("inputs", {}).items()):
+        if not isinstance(f, dict) or f.get("changed") or f.get("requires_grad") or f.get("grad"):
+            raise CheckFailed(f"{task} changed its argument `{name}` (values, requires_grad or .grad) — "
+                              "work on a detached copy: x = inputs.detach().clone().requires_grad_(True).")
+    for name, f in sorted(facts.get("models", {}).items()):
+        if not isinstance(f, dict):
+            raise CheckFailed(f"{task}: the side effects on `{name}` could not be observed.")
+        before, after = f.get("before", {}), f.get("after", {})
+        what = [k for k in ("training", "hooks", "requires_grad", "grads", "modules") if before.get(k) != after.get(k)]
+        if f.get("values_changed"):
+            what.append("parameters or buffers")
+        if what:
+            raise CheckFailed(f"{task} left `{name}` changed ({', '.join(what)}): keep eval mode, remove every hook, "
+                              "change no weights, and use torch.autograd.grad so no .grad accumulates.")
+
+
+def batch_equals_single(task: str, rtol=1e-4, atol=1e-5, row_kwargs=("inputs", "target")):
+    """Explaining a batch gives the same rows as explaining each example alone."""
+
+    def prop(fn, case: Case) -> None:
+        kwargs = case.kwargs
+        batched = as_tensor(fn(**kwargs), task)
+        n = kwargs[row_kwargs[0]].shape[0]
+        for i in range(n):
+            single = dict(kwargs)
+            for k in row_kwargs:
+                v = kwargs[k]
+                single[k] = v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+            row = as_tensor(fn(**single), task)
+            assert_close(batched[i:i + 1], row, f"{task}: row {i} of the batch vs example {i} alone "
+                         f"({case.description})", rtol, atol,
+                         "Each example must be explained for its own target, independently of the others.")
+
+    return prop
+
+
+class ForwardCounter(nn.Module):
+    """Wraps a model to count its forward passes and the largest batch it saw (is the work batched?).
+
+    Attributes of the wrapped model (a text model's `encode`, `tokenizer`, ...) stay reachable."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+        self.rows = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(first, torch.Tensor) and first.dim() > 0:
+            self.rows = max(self.rows, first.shape[0])
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+
+def _counted(output, kwargs):
+    return output, kwargs["model"].calls, kwargs["model"].rows
+
+
+def count_forward(fn, kwargs: dict):
+    """(output, forward passes, largest batch) of one call with `model` wrapped in a ForwardCounter."""
+    output, calls, rows = fn.call(dict(kwargs, model=ForwardCounter(kwargs["model"]).eval()), post=_counted).output
+    return output, int(calls), int(rows)
