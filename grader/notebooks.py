@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -29,8 +30,13 @@ def grade_id(cell) -> str | None:
     return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
 
 
+SIMILARITY_CHARS = 2000  # cell text compared when aligning (megabytes of cell text must not slow the run)
+
+
 def _key(cell) -> tuple[str, str]:
-    return cell.get("cell_type", ""), "\n".join(line.rstrip() for line in cell.get("source", "").strip().splitlines())
+    source = cell.get("source", "")
+    source = source if isinstance(source, str) else "".join(source)
+    return cell.get("cell_type", ""), "\n".join(line.rstrip() for line in source.strip()[:SIMILARITY_CHARS].splitlines())
 
 
 def restore_metadata(submission, release) -> list[str]:
@@ -64,10 +70,72 @@ def restore_metadata(submission, release) -> list[str]:
             submission.cells[j].metadata["nbgrader"] = json.loads(json.dumps(release.cells[i].metadata["nbgrader"]))
             present.add(gid)
             restored += 1
-    notes = [f"nbgrader metadata missing on {len(missing)} cells: restored {restored} by matching the released notebook"]
-    lost = [grade_id(c) for c in wanted if grade_id(c) not in present]
-    if lost:
-        notes.append(f"cells not found (tests re-added by nbgrader, answers count as empty): {', '.join(lost)}")
+    return [f"nbgrader metadata missing on {len(missing)} cells: restored {restored} by matching the released notebook"]
+
+
+def deduplicate_grade_ids(submission, release) -> list[str]:
+    """Keep one cell per grade_id: for answer cells the one the student wrote in (else the first),
+    for test cells the first (nbgrader restores their text anyway). Returns notes."""
+    released = {grade_id(c): _key(c)[1] for c in release.cells if grade_id(c)}
+    seen: dict[str, list[int]] = {}
+    for i, cell in enumerate(submission.cells):
+        gid = grade_id(cell)
+        if gid:
+            seen.setdefault(gid, []).append(i)
+    notes = []
+    for gid, indices in seen.items():
+        if len(indices) < 2:
+            continue
+        written = [i for i in indices if _key(submission.cells[i])[1] != released.get(gid)]
+        keep = written[-1] if written else indices[0]
+        for i in indices:
+            if i != keep:
+                submission.cells[i].metadata.pop("nbgrader", None)
+        notes.append(f"{len(indices)} cells carried grade_id {gid}: graded the one at position {keep + 1}")
+    return notes
+
+
+def reinsert_missing_cells(submission, release) -> list[str]:
+    """Put back released grade cells the submission lacks (a deleted answer cell is graded as the
+    blank stub; a deleted test cell is restored), each after its predecessor in the release."""
+    present = {grade_id(c) for c in submission.cells if grade_id(c)}
+    position = {grade_id(c): i for i, c in enumerate(submission.cells) if grade_id(c)}
+    missing, insert_at = [], 0
+    for cell in release.cells:
+        gid = grade_id(cell)
+        if not gid:
+            continue
+        if gid in present:
+            insert_at = max(insert_at, position[gid] + 1)
+            continue
+        copy = nbformat.from_dict(json.loads(json.dumps(cell)))
+        if submission.get("nbformat_minor", 5) < 5:
+            copy.pop("id", None)
+        submission.cells.insert(insert_at, copy)
+        for key in position:
+            if position[key] >= insert_at:
+                position[key] += 1
+        position[gid] = insert_at
+        insert_at += 1
+        missing.append(gid)
+    if not missing:
+        return []
+    return [f"{len(missing)} graded cells missing from the notebook were put back from the release "
+            f"(a missing answer is graded as the blank stub): {', '.join(missing)}"]
+
+
+FORBIDDEN = re.compile(r"^\s*(?:from|import)\s+(captum|zennit|lucent)\b", re.M)
+
+
+def answer_imports(submission) -> list[str]:
+    """Answer cells that import an explanation library: not available while grading."""
+    notes = []
+    for cell in submission.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        found = FORBIDDEN.findall(cell.get("source", "")) if meta.get("solution") and cell.cell_type == "code" else []
+        if found:
+            notes.append(f"answer cell {meta.get('grade_id')} imports {found[0]}: libraries that implement the methods "
+                         "are not available while grading (implementations must be your own)")
     return notes
 
 
