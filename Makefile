@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(BIN)/python
 
-.PHONY: help venv grade test labs samples models bench clean
+.PHONY: help venv grade test labs samples models bench release colab-check clean
 
 help:
 	@echo "make grade    autograde the sample submissions (or SUBMISSIONS=dir) and print the grade table"
@@ -14,8 +14,13 @@ help:
 	@echo "make samples  rebuild the sample submissions in grader/samples/"
 	@echo "make models   retrain every course checkpoint into data/ (deterministic, ~10 min)"
 	@echo "make bench    time every solution notebook and every sample's grading (build/benchmark.json)"
+	@echo "make release  write the student bundle dist/student/ (notebooks, xailab wheel, README) from course.toml"
+	@echo "make colab-check  run every lab from the bundle in a fresh Colab-like venv, timed (slow, not in make test)"
 
 $(STAMP): requirements.txt pyproject.toml
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
+	  || echo "bubblewrap is missing: install it for the grading sandbox (e.g. sudo apt-get install bubblewrap)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -43,6 +48,12 @@ models: $(STAMP)
 
 bench: $(STAMP)
 	$(RUN) -m grader.bench
+
+release: $(STAMP)
+	$(RUN) -m grader.bundle
+
+colab-check: $(STAMP)
+	$(RUN) -m grader.colab_check
 
 clean:
 	rm -rf build .pytest_cache

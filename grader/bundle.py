@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import string
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from grader.grade import REPO, SOLUTIONS, all_labs
 from grader.notebooks import grade_id
 
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
-STUDENT_FILES = ["requirements-student.txt", "environment-student.yml"]
+TEMPLATES = REPO / "grader" / "student"  # README.md, requirements-student.txt, environment-student.yml
 
 # The setup cell of every lab (grade_id "setup", locked). {package} comes from course.toml.
 SETUP_CELL = '''\
@@ -103,6 +104,11 @@ def setup_source(release: dict | None = None) -> str:
     return SETUP_CELL.format(package=(release or settings())["package"])
 
 
+def student_requirement(package: str) -> str:
+    """The course package with its `student` extra (JupyterLab): "xailab[student] @ URL" or "xailab[student]==1.0"."""
+    return re.sub(r"^xailab(?![\w\[-])", "xailab[student]", package.strip())
+
+
 # ----------------------------------------------------------------------------- setup cells
 
 def setup_cell(nb):
@@ -144,7 +150,7 @@ def build_wheel(out: Path) -> Path:
         # Build from a copy of the package sources only: no stale build/ or egg-info leaks in.
         src = Path(tmp) / "src"
         src.mkdir()
-        for name in ("pyproject.toml", "README.md", "xailab", "data"):
+        for name in ("pyproject.toml", "setup.py", "xailab", "data"):
             (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(
                 REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.pyc")}
                                             if (REPO / name).is_dir() else {}))
@@ -177,10 +183,12 @@ def lab_title(nb) -> str:
     return match.group(1).strip() if match else ""
 
 
+def render(name: str, **values: str) -> str:
+    return string.Template((TEMPLATES / name).read_text()).safe_substitute(values)
+
+
 def build(out: Path, labs_dir: Path | None = None) -> dict:
     """Write the student bundle into `out` (wiped first) from labs/ and the package; returns a summary."""
-    from grader.student_readme import student_readme
-
     release = settings()
     labs_dir = labs_dir or REPO / "labs"
     if out.exists():
@@ -194,16 +202,18 @@ def build(out: Path, labs_dir: Path | None = None) -> dict:
             if cell is None or cell.source != setup_source(release):
                 raise SystemExit(f"{path}: its setup cell is not course.toml's; run `make release` "
                                  "(it rewrites the setup cells and regenerates labs/)")
-            rel = f"{lab}/{path.name}"
+            rel, title = f"{lab}/{path.name}", lab_title(nb)
             add_colab_badge(nb, colab_url(release, rel))
             (out / lab).mkdir(exist_ok=True)
             nbformat.write(nb, str(out / rel))
-            labs.append({"lab": lab, "path": rel, "title": lab_title(nb), "colab": colab_url(release, rel)})
+            labs.append({"lab": lab, "path": rel, "title": title, "colab": colab_url(release, rel)})
     wheel = build_wheel(out)
-    for name in STUDENT_FILES:
-        text = (REPO / name).read_text()
-        (out / name).write_text(text)
-    (out / "README.md").write_text(student_readme(release, labs, wheel.name))
+    values = dict(repository=release["repository"], requirement=student_requirement(release["package"]),
+                  wheel=wheel.name, version=version(),
+                  labs_table="\n".join(f"| [{lab['title'] or lab['lab']}]({lab['path']}) | "
+                                       f"[![Open In Colab]({COLAB_BADGE})]({lab['colab']}) |" for lab in labs))
+    for name in ("README.md", "requirements-student.txt", "environment-student.yml"):
+        (out / name).write_text(render(name, **values))
     return {"labs": labs, "wheel": wheel, "package": release["package"]}
 
 
