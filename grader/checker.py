@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from grader.checks import run_check
+from grader.checks import get, run_check
 from grader.checks.student import KernelLost, Student
-from xailab.grading import THREADS, recv_frame, send_frame
+from xailab import grading
+from xailab.grading import recv_frame, send_frame
 
 NAME = re.compile(r"^lab\d\d\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$")
-GRACE_S = 60.0  # beyond a call's budget: loading models in the kernel, (de)serialising, a busy machine
+GRACE_S = 15.0  # beyond a call's budget (at least): loading models in the kernel, (de)serialising
 _COMPUTE = threading.Lock()  # checks compute one at a time; released while a kernel works
 
 
@@ -36,7 +37,8 @@ class Verdict:
     name: str
     passed: bool
     message: str
-    seconds: float
+    seconds: float  # the whole check, as the checker saw it
+    seconds_student: float = 0.0  # the student's own run time inside it
 
 
 class RemoteStudent(Student):
@@ -47,15 +49,16 @@ class RemoteStudent(Student):
         self.conn, self.session = conn, session
 
     def _exchange(self, request: bytes, budget: float) -> tuple[dict, bytes]:
-        self.session.mark_busy(budget + GRACE_S)
+        wait = budget + max(GRACE_S, 0.5 * self.budget)  # the grace grows with the load, like the budget
+        self.session.mark_busy(wait)
         _COMPUTE.release()
         try:
-            self.conn.settimeout(budget + GRACE_S)
+            self.conn.settimeout(wait)
             send_frame(self.conn, {"op": "call", "budget_s": budget}, request)
             header, blob = recv_frame(self.conn)
         except socket.timeout:
-            raise KernelLost(f"the notebook did not answer within {budget + GRACE_S:.0f} s (its time budget "
-                             "plus a grace period): the function kept running after its budget was spent") from None
+            raise KernelLost(f"the notebook did not answer within {wait:.0f} s (the function's time budget plus a "
+                             "grace period): it kept running after its budget was spent") from None
         except (OSError, ValueError) as err:
             raise KernelLost(f"the connection to the notebook was lost ({str(err)[:120]})") from None
         finally:
@@ -72,6 +75,7 @@ class Session:
     folder: Path
     verdicts: list[Verdict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # protocol problems, for the notes
+    setup_seconds: float = 0.0  # preparing checks (first use in this worker) during this session
 
     @property
     def socket_path(self) -> Path:
@@ -87,6 +91,7 @@ class Session:
         self._server.bind(str(self.socket_path))
         self.socket_path.chmod(0o666)  # the sandboxed kernel runs as another user
         self._server.listen(4)
+        self._server.settimeout(0.5)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -108,7 +113,6 @@ class Session:
         tmp.replace(self.busy_file)
 
     def _serve(self) -> None:
-        self._server.settimeout(0.5)
         while not self._stop.is_set():
             try:
                 conn, _ = self._server.accept()
@@ -133,9 +137,15 @@ class Session:
             return
         start = time.perf_counter()
         with _COMPUTE:
-            student = RemoteStudent(conn, _task_of(name), self)
+            try:
+                chk = get(name)
+                chk.setup()  # once per worker; a failure is reported by run_check below
+            except Exception:  # noqa: BLE001
+                chk = None
+            self.setup_seconds += time.perf_counter() - start
+            student = RemoteStudent(conn, chk.task if chk else name.split(".")[1], self)
             passed, message = run_check(name, student, isolate=False)
-        self.verdicts.append(Verdict(name, passed, message, time.perf_counter() - start))
+        self.verdicts.append(Verdict(name, passed, message, time.perf_counter() - start, student.used))
         try:
             conn.settimeout(10)
             send_frame(conn, {"op": "verdict", "passed": passed, "message": message})
@@ -152,21 +162,12 @@ class Session:
         return messages[-1] if messages else None
 
 
-def _task_of(name: str) -> str:
-    from grader.checks import get
-
-    try:
-        return get(name).task
-    except (KeyError, ImportError):
-        return name.split(".")[1]
-
-
 class Checker:
     """One per grading run: sessions for submissions; checks set up once and shared by all."""
 
     def __init__(self, root: Path):
         self.root = root
-        torch.set_num_threads(THREADS)
+        torch.set_num_threads(grading.THREADS)
         warnings.simplefilter("ignore")
 
     def session(self, key: str) -> Session:

@@ -35,6 +35,7 @@ def _error(ename: str, evalue: str) -> NotebookNode:
 
 class GuardedExecute(Execute):
     busy_file = Unicode("", help="file the checker writes while a hidden check runs ({'until': epoch s})").tag(config=True)
+    timings_file = Unicode("", help="where to write the start time and each code cell's duration (JSON)").tag(config=True)
     max_cell_output = Integer(100_000, help="bytes of output kept per cell").tag(config=True)
     max_notebook_output = Integer(2_000_000, help="bytes of output kept per notebook").tag(config=True)
 
@@ -43,7 +44,13 @@ class GuardedExecute(Execute):
         self._interrupted: set[int] = set()
         self._cell_bytes: dict[int, int] = {}
         self._total_bytes = 0
-        return super().preprocess(nb, resources, km)
+        self._timings = {"started": time.time(), "cells": []}
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            if self.timings_file:
+                with open(self.timings_file, "w") as fh:
+                    json.dump(self._timings, fh)
 
     # ------------------------------------------------------------------ time limits
 
@@ -87,6 +94,8 @@ class GuardedExecute(Execute):
             if cell.cell_type == "code" and cell.source.strip():
                 cell.outputs = [_error(NOT_RUN, f"not run: {self._gone} in an earlier cell")]
             return cell
+        started = time.time()
+        self._timings.setdefault("first_cell", started)
         try:
             cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         except DeadKernelError:
@@ -98,6 +107,10 @@ class GuardedExecute(Execute):
             await self._kill()
         if id(cell) in self._interrupted and self._gone is None:
             cell.outputs.append(_error("CellTimeout", "the cell ran past its time limit and was interrupted"))
+        if cell.cell_type == "code" and cell.source.strip():
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            self._timings["cells"].append({"grade_id": meta.get("grade_id"), "solution": bool(meta.get("solution")),
+                                           "seconds": round(time.time() - started, 3)})
         return cell
 
     execute_cell = run_sync(async_execute_cell)  # nbconvert calls the synchronous wrapper

@@ -1,19 +1,22 @@
-"""The grading driver: autograde a folder of submissions with the real nbgrader pipeline, trusted.
+"""The grading driver: autograde a class's submissions with the real nbgrader pipeline, trusted.
 
-    python -m grader grade [SUBMISSIONS] [--labs lab01-saliency ...] [--workspace build/grading] [--no-sandbox]
+    python -m grader grade [SUBMISSIONS] [--labs lab01-saliency ...] [--workspace build/grading]
+                           [--jobs N | --scheduler tcp://HOST:8786] [--resume] [--no-sandbox]
 
-SUBMISSIONS holds <student>/<lab>/<notebook>.ipynb (nbgrader's `submitted` layout); by default the
-bundled samples in grader/samples/. In a fresh scratch workspace the driver runs
-generate_assignment → (repair of what editors and students break) → autograde → trusted scores →
-generate_feedback → export, then prints a per-student, per-lab table.
+SUBMISSIONS holds <student>/<lab>/<notebook>.ipynb (nbgrader's `submitted` layout; see
+grader/submissions.py for the other layouts accepted); by default the bundled samples. The driver
+runs generate_assignment, repairs what editors and students break, grades every submission
+(grader/worker.py: sandboxed kernel, trusted checker, scores from the checker's record) — one after
+the other, on N local workers, or on a Dask cluster — merges the results into one gradebook, then
+runs generate_feedback and export and writes the class report.
 
-Trust: each notebook runs in a sandboxed kernel (grader/sandbox.py); its hidden checks are decided by
-the trusted checker of this run (grader/checker.py), and after autograde every graded cell's score
-is set from the checker's record through nbgrader's gradebook API — so formgrader, feedback and the
-export all show trusted scores. Bad notebooks and abnormal ends are recorded in the notes, never fatal.
+Every submission's result is journaled in <workspace>/results/ as soon as it is merged, so
+`--resume` after an interruption grades only what is missing. Bad notebooks, bad folders and abnormal
+ends are recorded in the notes or the run's problems, never fatal to the run.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -28,20 +31,22 @@ from pathlib import Path
 import nbformat
 
 from grader import sandbox
-from grader.checker import Checker, Session
-from grader.execute import NOT_RUN, STOPPED
-from grader.notebooks import (answer_imports, deduplicate_grade_ids, grade_id, read_notebook, reinsert_missing_cells,
-                              restore_metadata)
+from grader.notebooks import answer_imports, deduplicate_grade_ids, read_notebook, reinsert_missing_cells, restore_metadata
+from grader.submissions import find
+from grader.worker import Job, Result, Template, grade_one
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS = REPO / "solutions"
 SAMPLES = Path(__file__).resolve().parent / "samples"
-AUTOGRADE_TIMEOUT_S = 1800  # one submission, a safety net far above any honest notebook
 CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([A-Za-z0-9_.]+)["']""")
 
 
 class SandboxUnavailable(RuntimeError):
     """No sandbox can be built on this machine (the message says why)."""
+
+
+class UsageError(ValueError):
+    """The driver was asked for something that does not exist (the message says what)."""
 
 
 @dataclass
@@ -54,6 +59,13 @@ class Row:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     sandboxed: bool = True
+    sid: str = ""
+
+
+class Rows(list):
+    """The graded rows, plus the run's problems (files that could not be graded as a submission)."""
+
+    problems: list[str]
 
 
 def all_labs() -> list[str]:
@@ -80,8 +92,8 @@ def nbgrader(args: list[str], workspace: Path, log: Path, env: dict | None = Non
 
 
 def write_config(workspace: Path, release: Path | None = None, kernel: str | None = None) -> None:
-    """A course config for the scratch workspace, on top of grader/nbgrader_config.py; with `kernel`,
-    autograde runs notebooks in that kernel through the hardened Execute step (grader/execute.py)."""
+    """A course config for a workspace, on top of grader/nbgrader_config.py; with `kernel`, autograde
+    runs notebooks in that kernel through the hardened Execute step (grader/execute.py)."""
     lines = [
         "c = get_config()",
         f"load_subconfig({str(REPO / 'grader' / 'nbgrader_config.py')!r})",
@@ -121,214 +133,211 @@ def release(out: Path, labs: list[str] | None = None) -> None:
 # ---------------------------------------------------------------- submissions in, safe names
 
 def safe_ids(names: list[str]) -> dict[str, str]:
-    """A file- and command-line-safe nbgrader id for every student folder name (`*`, spaces, unicode)."""
+    """A file- and command-line-safe nbgrader id for every student name (`*`, spaces, unicode), stable
+    across runs: the name itself when it is safe, else a slug plus a short hash of the name."""
     ids: dict[str, str] = {}
-    taken: set[str] = set()
-    for name in names:
+    for name in sorted(names):
         base = re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_")[:40] or "student"
-        sid = base if base == name and base not in taken else f"{base}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-        while sid in taken:
-            sid += "x"
-        ids[name] = sid
-        taken.add(sid)
+        ids[name] = base if base == name else f"{base}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return ids
 
 
-def collect(submissions: Path, workspace: Path, labs: list[str]) -> dict[tuple[str, str], tuple[Row, str]]:
-    """Copy submissions into the workspace under safe ids, repairing what editors and students break;
-    unreadable ones are recorded. Returns (student, lab) → (row, nbgrader student id)."""
-    rows = {}
-    students = sorted(p.name for p in submissions.iterdir() if p.is_dir())
-    ids = safe_ids(students)
-    for student in students:
-        for lab in labs:
-            lab_dir = submissions / student / lab
-            if not lab_dir.is_dir():
-                continue
-            row = Row(student, lab)
-            rows[(student, lab)] = (row, ids[student])
-            target = workspace / "submitted" / ids[student] / lab
-            target.mkdir(parents=True)
-            for release_path in sorted((workspace / "release" / lab).glob("*.ipynb")):
-                path = lab_dir / release_path.name
-                if not path.is_file():
-                    row.notes.append(f"{release_path.name} missing from the submission")
-                    continue
-                nb, problem = read_notebook(path)
-                if nb is None:
-                    row.notes.append(f"{path.name}: {problem}")
-                    continue
-                released = nbformat.read(str(release_path), as_version=4)
-                row.notes += deduplicate_grade_ids(nb, released)
-                row.notes += restore_metadata(nb, released)
-                row.notes += reinsert_missing_cells(nb, released)
-                row.notes += answer_imports(nb)
-                nbformat.write(nb, str(target / path.name))
-    return rows
+def repaired(files: dict[str, Path], release_dir: Path, notes: list[str]) -> dict[str, bytes]:
+    """The submission's notebooks after repairing metadata, duplicates and deleted cells."""
+    out = {}
+    for release_path in sorted(release_dir.glob("*.ipynb")):
+        path = files.get(release_path.name)
+        if path is None:
+            notes.append(f"{release_path.name} missing from the submission")
+            continue
+        nb, problem = read_notebook(path)
+        if nb is None:
+            notes.append(f"{path.name}: {problem}")
+            continue
+        released = nbformat.read(str(release_path), as_version=4)
+        notes += deduplicate_grade_ids(nb, released)
+        notes += restore_metadata(nb, released)
+        notes += reinsert_missing_cells(nb, released)
+        notes += answer_imports(nb)
+        out[release_path.name] = nbformat.writes(nb).encode()
+    return out
 
 
-# ---------------------------------------------------------------- trusted scores
-
-def test_cells(lab: str) -> dict[str, dict[str, list[str]]]:
-    """notebook → graded test cell → the hidden checks it calls (from the solution notebook)."""
-    cells = {}
-    for path in sorted((SOLUTIONS / lab).glob("*.ipynb")):
-        nb = nbformat.read(str(path), as_version=4)
-        cells[path.stem] = {grade_id(c): CHECK_CALL.findall(c.source) for c in nb.cells
-                            if c.get("metadata", {}).get("nbgrader", {}).get("grade")
-                            and not c.metadata["nbgrader"].get("solution")}
-    return cells
+def _job_key(job: Job) -> str:
+    h = hashlib.sha256(f"{job.student}\0{job.lab}".encode())
+    for name, data in sorted(job.notebooks.items()):
+        h.update(name.encode())
+        h.update(data)
+    return h.hexdigest()[:16]
 
 
-def _cell_errors(autograded: Path) -> dict[str, dict[str, list[str]]]:
-    """notebook → grade_id → the error names in its outputs, from the autograded notebooks."""
-    found = {}
-    for nb_path in sorted(autograded.glob("*.ipynb")):
-        nb = nbformat.read(str(nb_path), as_version=4)
-        found[nb_path.stem] = {grade_id(c): [o.get("ename", "") for o in c.get("outputs", []) if o.get("output_type") == "error"]
-                               for c in nb.cells if grade_id(c)}
-    return found
+# ---------------------------------------------------------------- merging results into the course gradebook
 
-
-def trusted_scores(workspace: Path, lab: str, sid: str, session: Session, row: Row) -> None:
-    """Set every graded test cell's score from the checker's record (and the kernel's own errors,
-    which can only lower it); annotate the autograded notebook with the checker's verdicts."""
-    from nbgrader.api import Gradebook, MissingEntry
-
-    autograded = workspace / "autograded" / sid / lab
-    errors = _cell_errors(autograded)
-    failed, tampered, not_run = [], [], []
-    with Gradebook(f"sqlite:///{workspace / 'gradebook.db'}") as gb:
-        for notebook, cells in test_cells(lab).items():
-            for cell_id, names in cells.items():
-                try:
-                    grade = gb.find_grade(cell_id, notebook, lab, sid)
-                except MissingEntry:
-                    continue
-                cell_errors = errors.get(notebook, {}).get(cell_id)
-                kernel_ok = cell_errors is not None and not cell_errors
-                verdicts = [session.passed(n) for n in names]
-                checker_ok = bool(names) and all(v is True for v in verdicts)
-                if cell_errors and (NOT_RUN in cell_errors or STOPPED in cell_errors):
-                    not_run.append(cell_id)
-                if kernel_ok and not checker_ok:
-                    tampered.append(cell_id)
-                score = grade.max_score if (kernel_ok and checker_ok) else 0.0
-                if score < grade.max_score:
-                    failed.append(cell_id)
-                grade.auto_score = score
-                grade.needs_manual_grade = False
-        gb.db.commit()
-    if tampered:
-        row.notes.append(f"tampering suspected: {len(tampered)} test cells reported passing in the notebook, "
-                         f"but the checker recorded a failure or nothing: {', '.join(tampered)} (scored 0)")
-    if not_run:
-        row.notes.append(f"the notebook's kernel stopped: {len(not_run)} test cells not run")
-    if failed:
-        row.notes.append(f"{len(failed)} test cells failed: {', '.join(failed)}")
-    row.notes += session.errors
-    annotate(autograded, lab, session)
-
-
-def annotate(autograded: Path, lab: str, session: Session) -> None:
-    """Put the checker's verdicts at the top of each graded test cell's output (what feedback shows)."""
-    cells = test_cells(lab)
-    for nb_path in sorted(autograded.glob("*.ipynb")):
-        nb = nbformat.read(str(nb_path), as_version=4)
-        for cell in nb.cells:
-            names = cells.get(nb_path.stem, {}).get(grade_id(cell))
-            if not names:
-                continue
-            lines = [session.message(n) or f"✗ {n}: not run (the cell did not reach this hidden test)" for n in names]
-            verdict = nbformat.v4.new_output("stream", name="stdout",
-                                             text="Autograder verdict:\n" + "\n".join(lines) + "\n" + "-" * 40 + "\n")
-            cell.outputs = [verdict] + list(cell.get("outputs", []))
-        nbformat.write(nb, str(nb_path))
-
-
-def cell_notes(autograded: Path) -> list[str]:
-    """Name the answer cells that raised."""
-    notes = []
-    for nb_path in sorted(autograded.glob("*.ipynb")):
-        nb = nbformat.read(str(nb_path), as_version=4)
-        for cell in nb.cells:
-            meta = cell.get("metadata", {}).get("nbgrader", {})
-            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-            if meta.get("solution") and not meta.get("grade") and errors and errors[0]["ename"] not in (NOT_RUN,):
-                notes.append(f"{errors[0]['ename']} in answer cell {meta['grade_id']}")
-    return notes
-
-
-def scores(workspace: Path, rows: dict[tuple[str, str], tuple[Row, str]]) -> None:
-    """Points per submission from the gradebook (trusted by now); maxima from the lab itself."""
+def merge(workspace: Path, result: Result, key: str) -> None:
+    """Put one worker's result into the course's gradebook and autograded folder, and journal it."""
     from nbgrader.api import Gradebook, MissingEntry
 
     with Gradebook(f"sqlite:///{workspace / 'gradebook.db'}") as gb:
-        for (student, lab), (row, sid) in rows.items():
-            source = gb.find_assignment(lab)
-            row.auto_max = source.max_code_score
-            row.manual_max = source.max_written_score
+        gb.update_or_create_student(result.sid)
+        if result.grades:
+            gb.update_or_create_submission(result.lab, result.sid)
+        for g in result.grades:
             try:
-                sub = gb.find_submission(lab, sid)
+                grade = gb.find_grade(g["cell"], g["notebook"], result.lab, result.sid)
             except MissingEntry:
-                if not any("scored 0" in n or "missing" in n or "not a readable" in n for n in row.notes):
-                    row.notes.append("nothing to grade: scored 0")
                 continue
-            row.auto_score = sub.code_score
+            grade.auto_score = g["auto_score"]
+            grade.needs_manual_grade = g["needs_manual_grade"]
+        gb.db.commit()
+    folder = workspace / "autograded" / result.sid / result.lab
+    shutil.rmtree(folder, ignore_errors=True)
+    if result.autograded:
+        folder.mkdir(parents=True)
+    for name, data in result.autograded.items():
+        (folder / name).write_bytes(data)
+    journal = workspace / "results" / f"{result.sid}--{result.lab}.json"
+    journal.parent.mkdir(exist_ok=True)
+    record = asdict(result)
+    record["autograded"] = {k: base64.b64encode(v).decode() for k, v in result.autograded.items()}
+    record["key"] = key
+    journal.write_text(json.dumps(record) + "\n")
 
 
-# ---------------------------------------------------------------- the run
+def journaled(workspace: Path, sid: str, lab: str, key: str) -> Result | None:
+    """The journaled result of this exact submission, if an earlier run merged it."""
+    path = workspace / "results" / f"{sid}--{lab}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.pop("key", None) != key:
+        return None
+    record["autograded"] = {k: base64.b64decode(v) for k, v in record["autograded"].items()}
+    return Result(**record)
+
+
+def scores(workspace: Path, rows: dict[tuple[str, str], Row]) -> None:
+    """Points per submission from the course gradebook (trusted by now); maxima from the lab itself."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(f"sqlite:///{workspace / 'gradebook.db'}") as gb:
+        for (student, lab), row in rows.items():
+            source = gb.find_assignment(lab)
+            row.auto_max, row.manual_max = source.max_code_score, source.max_written_score
+            try:
+                row.auto_score = gb.find_submission(lab, row.sid).code_score
+            except MissingEntry:
+                if not any("missing" in n or "not a readable" in n for n in row.notes):
+                    row.notes.append("nothing to grade: scored 0")
+
+
+# ---------------------------------------------------------------- running the jobs
+
+def _dispatch(jobs: list[Job], template: Template, workers: int, scheduler: str | None):
+    """Yield results as they finish: in this process, on local Dask workers, or on a Dask cluster."""
+    if workers <= 1 and scheduler is None:
+        for job in jobs:
+            yield grade_one(job, template)
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                  dashboard_address=None, silence_logs=40)
+    client = Client(scheduler or cluster)
+    try:
+        shared = client.scatter(template, broadcast=True)
+        futures = [client.submit(grade_one, job, shared, key=f"grade-{job.sid}-{job.lab}-{_job_key(job)}", pure=False)
+                   for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
 
 def grade(submissions: Path = SAMPLES, labs: list[str] | None = None,
-          workspace: Path = REPO / "build" / "grading", use_sandbox: bool = True) -> list[Row]:
+          workspace: Path = REPO / "build" / "grading", use_sandbox: bool = True, jobs: int = 1,
+          scheduler: str | None = None, resume: bool = False, progress: bool = False) -> Rows:
     if use_sandbox:
         reason = sandbox.unavailable_reason()
         if reason:
             raise SandboxUnavailable(f"no grading sandbox on this machine: {reason}. Install bubblewrap, or grade "
                                      "without isolation with --no-sandbox (the table will say so).")
-    labs = labs or [lab for lab in all_labs() if any((s / lab).is_dir() for s in submissions.iterdir())]
-    if workspace.exists():
+    known = all_labs()
+    unknown = [lab for lab in labs or [] if lab not in known]
+    if unknown:
+        raise UsageError(f"unknown lab {', '.join(map(repr, unknown))}: the labs are {', '.join(known)}")
+    if workspace.exists() and not resume:
         shutil.rmtree(workspace)
-    workspace.mkdir(parents=True)
+    workspace.mkdir(parents=True, exist_ok=True)
     write_config(workspace)
     log = workspace / "nbgrader.log"
-    for lab in labs:
-        if nbgrader(["generate_assignment", lab, "--force", "--create"], workspace, log):
-            raise RuntimeError(f"nbgrader generate_assignment {lab} failed; see {log}")
-    rows = collect(submissions, workspace, labs)
-    write_config(workspace, kernel=sandbox.KERNEL_NAME if use_sandbox else "python3")
-    sandbox.install_kernelspec(workspace / "jupyter")
-    checker = Checker(workspace / "run")
-    for (student, lab), (row, sid) in rows.items():
-        row.sandboxed = use_sandbox
-        if not list((workspace / "submitted" / sid / lab).glob("*.ipynb")):
-            continue
-        session = checker.session(f"{sid}--{lab}")
-        start = time.perf_counter()
-        rc = nbgrader(["autograde", lab, "--student", sid, "--create", "--force",
-                       f"--GuardedExecute.busy_file={session.busy_file}",
-                       f"--KernelManager.ip={session.folder / 'kernel'}"],
-                      workspace, log, env={sandbox.SOCKET_ENV: str(session.socket_path),
-                                           "JUPYTER_RUNTIME_DIR": str(session.folder)},
-                      timeout=AUTOGRADE_TIMEOUT_S)
-        row.seconds = time.perf_counter() - start
-        session.close()
-        if rc != 0:
-            row.notes.append(f"nbgrader autograde ended abnormally (exit status {rc}; see {log.name})")
-        autograded = workspace / "autograded" / sid / lab
-        row.notes += cell_notes(autograded)
-        trusted_scores(workspace, lab, sid, session, row)
-    for lab in labs:
-        if nbgrader(["generate_feedback", lab, "--force"], workspace, log):
-            for (student, row_lab), (row, _) in rows.items():
-                if row_lab == lab:
-                    row.notes.append(f"generate_feedback failed for {lab} (see {log.name})")
+    names = {lab: sorted(p.name for p in (SOLUTIONS / lab).glob("*.ipynb")) for lab in labs or known}
+    shutil.rmtree(workspace / "incoming", ignore_errors=True)
+    found = find(submissions, names, workspace / "incoming")
+    release_names = {lab: names[lab] for lab in sorted({lab for _, lab in found.submissions})}
+    for lab in release_names:
+        if not (workspace / "release" / lab).is_dir():
+            if nbgrader(["generate_assignment", lab, "--force", "--create"], workspace, log):
+                raise RuntimeError(f"nbgrader generate_assignment {lab} failed; see {log}")
+    ids = safe_ids(sorted({student for student, _ in found.submissions}))
+    rows: dict[tuple[str, str], Row] = {}
+    pending: list[Job] = []
+    results: list[Result] = []
+    for (student, lab), files in sorted(found.submissions.items()):
+        row = rows[(student, lab)] = Row(student, lab, sid=ids[student], sandboxed=use_sandbox,
+                                         notes=list(found.notes.get((student, lab), [])))
+        job = Job(student, ids[student], lab, repaired(files, workspace / "release" / lab, row.notes), list(row.notes))
+        done = journaled(workspace, job.sid, lab, _job_key(job)) if resume else None
+        if done is not None:
+            results.append(done)
+        else:
+            pending.append(job)
+    threads = 2 if scheduler else max(1, (os.cpu_count() or 2) // max(jobs, 1))
+    template = Template({lab: {n: (workspace / "release" / lab / n).read_bytes() for n in names}
+                         for lab, names in release_names.items()}, (workspace / "gradebook.db").read_bytes(),
+                        use_sandbox, threads)
+    bar = _progress(len(pending), progress)
+    abnormal = 0
+    start = time.perf_counter()
+    keys = {(job.sid, job.lab): _job_key(job) for job in pending}
+    for result in _dispatch(pending, template, jobs, scheduler):
+        merge(workspace, result, keys[(result.sid, result.lab)])
+        results.append(result)
+        abnormal += any(n.startswith(("nbgrader autograde ended", "tampering", "the notebook's kernel stopped"))
+                        for n in result.notes)
+        if bar is not None:
+            bar.set_postfix(abnormal=abnormal, refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    for result in results:
+        row = rows[(result.student, result.lab)]
+        row.notes, row.seconds = result.notes, result.seconds
+    for lab in sorted({lab for _, lab in rows}):
+        autograded = [row for (_, row_lab), row in rows.items()
+                      if row_lab == lab and list((workspace / "autograded" / row.sid / lab).glob("*.ipynb"))]
+        if autograded and nbgrader(["generate_feedback", lab, "--force"], workspace, log):
+            for row in autograded:
+                row.notes.append(f"generate_feedback failed for {lab} (see {log.name})")
     if nbgrader(["export", "--to", str(workspace / "grades.csv")], workspace, log):
-        print(f"nbgrader export failed; see {log}", file=sys.stderr)
+        found.problems.append(f"nbgrader export failed (see {log})")
     scores(workspace, rows)
-    result = sorted((r for r, _ in rows.values()), key=lambda r: (r.lab, r.student))
-    (workspace / "summary.json").write_text(json.dumps([asdict(r) for r in result], indent=2) + "\n")
-    return result
+    out = Rows(sorted(rows.values(), key=lambda r: (r.lab, r.student)))
+    out.problems = found.problems
+    (workspace / "summary.json").write_text(json.dumps(
+        {"rows": [asdict(r) for r in out], "problems": out.problems, "workers": jobs, "scheduler": scheduler,
+         "seconds": round(time.perf_counter() - start, 1)}, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="grading", unit="notebook", file=sys.stderr, dynamic_ncols=True)
 
 
 def table(rows: list[Row]) -> str:
@@ -341,4 +350,7 @@ def table(rows: list[Row]) -> str:
             notes = "NOT SANDBOXED; " + notes
         lines.append(f"{r.student:18s} {r.lab:18s} {r.auto_score:>5g} / {r.auto_max:<4g} {written:>8s} "
                      f"{r.seconds:>5.1f}s  {notes}")
+    problems = getattr(rows, "problems", [])
+    if problems:
+        lines += ["", "Not graded:"] + [f"  - {p}" for p in problems]
     return "\n".join(lines)

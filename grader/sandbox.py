@@ -133,7 +133,7 @@ def command(connection_file: Path, cwd: Path, kernel_args: list[str], uid: int |
             b.args += ["--symlink", os.readlink(target), f"/{link}"]
         elif target.exists():
             b.bind(target)
-    for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf"):
+    for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf", "/etc/fonts"):
         if Path(etc).exists():
             b.bind(Path(etc))
     b.args += ["--proc", "/proc", "--dev", "/dev"]
@@ -170,7 +170,8 @@ def command(connection_file: Path, cwd: Path, kernel_args: list[str], uid: int |
     env = {"HOME": "/home/sandbox", "TMPDIR": "/tmp", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
            "LANG": "C.UTF-8", "MPLBACKEND": "Agg", "MPLCONFIGDIR": "/tmp/matplotlib", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "XAILAB_GRADING": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+           "TOKENIZERS_PARALLELISM": "false", "XAILAB_THREADS": os.environ.get("XAILAB_THREADS", "2"),
+           "OMP_NUM_THREADS": os.environ.get("XAILAB_THREADS", "2")}
     if socket_path:
         env["XAILAB_CHECKER"] = INSIDE_SOCKET
     for key, value in env.items():

@@ -37,7 +37,9 @@ import torch
 CHECKER_ENV = "XAILAB_CHECKER"  # path of the checker's socket, set inside the grading sandbox
 MAX_HEADER = 1 << 20  # bytes of JSON in one frame
 MAX_BLOB = 1 << 28  # bytes of tensors in one frame (256 MiB)
-THREADS = 2  # torch threads while the checker calls a function (the reference is timed with the same)
+# torch threads while the checker calls a function (the answer key is timed with the same); the
+# grading driver lowers it when several notebooks are graded at once on one machine
+THREADS = int(os.environ.get("XAILAB_THREADS", "2"))
 
 
 # ----------------------------------------------------------------------------- the hidden-test entry point

@@ -25,10 +25,11 @@ import torch
 
 from grader.checks.student import (BadReply, KernelLost, LocalStudent, OutOfTime, Reply, Student, StudentError,
                                    probe_seconds)
-from xailab.grading import THREADS
+from xailab import grading
 
 FLOOR_S = 10.0  # the smallest budget of a check, in seconds of the student's own run time
 KEY_FACTOR = 20.0  # budget = max(FLOOR_S, KEY_FACTOR × the answer key's time on the same cases) × load
+MAX_LOAD = 10.0  # the load factor's ceiling (a loop that never ends must still fail in bounded time)
 
 __all__ = ["Case", "Check", "CheckFailed", "Reply", "Student", "all_of", "as_tensor", "assert_close",
            "checks_for", "prepared_check", "property_check", "reference_check", "register", "run_check"]
@@ -54,7 +55,7 @@ def quiet():
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.set_num_threads(THREADS)
+            torch.set_num_threads(grading.THREADS)
             yield
     finally:
         torch.set_num_threads(threads)
@@ -97,7 +98,7 @@ class Check:
                     case.index = index
                 if self.prepare is not None:
                     self.prepare(cases)
-                probe = probe_seconds()
+                probe = probe_seconds(fresh=True)
                 key = LocalStudent(self.answer_key(), self.task)
                 try:
                     self.run(key, cases)
@@ -106,9 +107,9 @@ class Check:
                 self.key_seconds, self.probe_s, self._cases = key.used, probe, cases
         return self._cases
 
-    def budget(self) -> float:
+    def budget(self, fresh: bool = False) -> float:
         """Seconds the student's function may use for this check, measured against the load right now."""
-        load = max(1.0, probe_seconds() / max(self.probe_s, 1e-6))
+        load = min(MAX_LOAD, max(1.0, probe_seconds(fresh) / max(self.probe_s, 1e-6)))
         return max(self.floor_s, KEY_FACTOR * self.key_seconds) * load
 
     def run(self, student: Student, cases: list[Case]) -> None:
@@ -161,7 +162,7 @@ def run_check(name: str, fn: Callable | Student, isolate: bool = True) -> tuple[
                        "This is not your fault: tell your instructor.")
     budget = 0.0
     for attempt in (1, 2):
-        budget = chk.budget()
+        budget = chk.budget(fresh=attempt == 2)
         student.start(budget)
         try:
             with quiet() if isolate else contextlib.nullcontext():
