@@ -193,15 +193,15 @@ def base_env(python: str) -> Path:
         return base
     shutil.rmtree(base, ignore_errors=True)
     print(f"building the Colab-like base environment in {base} (a few minutes, once)", flush=True)
-    subprocess.run([python, "-m", "venv", str(base)], check=True)
-    subprocess.run([str(base / "bin" / "python"), "-m", "pip", "install", "-q", *wanted], check=True)
+    subprocess.run([python, "-m", "venv", str(base)], check=True, env=student_env())
+    subprocess.run([str(base / "bin" / "python"), "-m", "pip", "install", "-q", *wanted], check=True, env=student_env())
     stamp.write_text("\n".join(wanted) + "\n")
     return base
 
 
 def fresh_env(base: Path, where: Path) -> Path:
     """A new, empty venv whose interpreter also sees the base environment's packages (read-only)."""
-    subprocess.run([str(base / "bin" / "python"), "-m", "venv", "--without-pip", str(where)], check=True)
+    subprocess.run([str(base / "bin" / "python"), "-m", "venv", "--without-pip", str(where)], check=True, env=student_env())
     site = lambda root: next((root / "lib").glob("python3*/site-packages"))  # noqa: E731
     (site(where) / "colab-base.pth").write_text(str(site(base)) + "\n")
     return where / "bin" / "python"
@@ -244,7 +244,8 @@ def main() -> None:
     parser.add_argument("labs", nargs="*", help="labs to run (default: all)")
     parser.add_argument("--grading", action="store_true", help="skip the experiments (XAILAB_GRADING=1)")
     args = parser.parse_args()
-    report = colab_check(args.labs or all_labs(), args.grading)
+    labs = args.labs or [lab for lab in all_labs() if list((SAMPLES / "sample-full" / lab).glob("*.ipynb"))]
+    report = colab_check(labs, args.grading)
     failed = [lab for lab, r in report["labs"].items() if r["error"]]
     print(f"\nreport: {BUILD / 'report.json'}")
     if failed:
