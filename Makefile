@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(BIN)/python
 
-.PHONY: help venv grade test labs samples models bench release colab-check clean
+.PHONY: help venv grade test labs samples models bench mutation release colab-check clean
 
 help:
 	@echo "make grade    autograde the sample submissions (or SUBMISSIONS=dir) and print the grade table"
@@ -14,6 +14,7 @@ help:
 	@echo "make samples  rebuild the sample submissions in grader/samples/"
 	@echo "make models   retrain every course checkpoint into data/ (deterministic, ~10 min)"
 	@echo "make bench    time every solution notebook and every sample's grading (build/benchmark.json)"
+	@echo "make mutation run the hidden checks on automatic mutants of every solution (LABS=lab01 for some; slow)"
 	@echo "make release  write the student bundle dist/student/ (notebooks, xailab wheel, README) from course.toml"
 	@echo "make colab-check  run every lab from the bundle in a fresh Colab-like venv, timed (slow, not in make test)"
 
@@ -21,6 +22,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
 	  || echo "bubblewrap is missing: install it for the grading sandbox (e.g. sudo apt-get install bubblewrap)"
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium is missing: a test opens the class report in it (e.g. sudo apt-get install chromium)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
@@ -31,8 +35,9 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 SUBMISSIONS ?= grader/samples
+JOBS ?= 2
 grade: $(STAMP)
-	$(RUN) -m grader grade $(SUBMISSIONS)
+	$(RUN) -m grader grade $(SUBMISSIONS) --jobs $(JOBS)
 
 test: $(STAMP)
 	$(RUN) -m pytest -q
@@ -42,12 +47,17 @@ labs: $(STAMP)
 
 samples: $(STAMP) labs
 	$(RUN) -m grader.samples
+	$(RUN) -m grader.adversarial
 
 models: $(STAMP)
 	$(RUN) -m xailab.zoo build
 
 bench: $(STAMP)
 	$(RUN) -m grader.bench
+
+LABS ?=
+mutation: $(STAMP)
+	$(RUN) -m grader.mutation run $(if $(LABS),--labs $(LABS))
 
 release: $(STAMP)
 	$(RUN) -m grader.bundle

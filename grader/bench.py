@@ -1,21 +1,31 @@
-"""Benchmark: each solution notebook end to end, and the grading of each sample submission.
+"""Benchmark: notebooks end to end, grading per submission, and grading a class on one and two workers.
 
-    python -m grader.bench        (make bench)  → build/benchmark.json and a printed table
+    python -m grader.bench [--skip-notebooks] [--class-size 40]   (make bench)  → build/benchmark.json
 
-Grading times come from a real nbgrader autograde run per submission (kernel start included);
-the last figure compares the Lab 3 answer key's Integrated Gradients with captum's (time ratio).
+* every solution notebook end to end (experiments included) and its slowest cell;
+* the grading of each sample submission (a real, sandboxed nbgrader run) with its cost breakdown:
+  start, imports, model loads, the student's code inside the hidden checks, preparing checks
+  (references, answer-key timing — once per worker), the checker and transfers, the other cells;
+  and the slowest hidden-test cell of each lab;
+* a synthetic class (copies of the samples under other names) graded with 1 and with 2 workers:
+  the speed-up;
+* the Lab 3 answer key's Integrated Gradients against captum's (time ratio).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
+from datetime import datetime
+from pathlib import Path
 
 import torch
 
 from grader.grade import REPO, SAMPLES, all_labs, grade
-from grader.notebooks import execute
 
 
 def best_time(f, repeats: int = 3) -> float:
@@ -42,24 +52,88 @@ def ig_speed_ratio(n_digits: int = 8, n_steps: int = 64, batch_size: int = 128) 
     return ours / theirs
 
 
+def cell_seconds(nb) -> list[tuple[int, float]]:
+    """(cell index, seconds) of each executed code cell, from nbclient's timing metadata."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        t = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in t and "shell.execute_reply" in t:
+            start = datetime.fromisoformat(t["iopub.execute_input"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(t["shell.execute_reply"].replace("Z", "+00:00"))
+            out.append((i, (end - start).total_seconds()))
+    return out
+
+
+def notebooks(report: dict) -> None:
+    from grader.notebooks import execute
+
+    for lab in all_labs():
+        path = next((REPO / "solutions" / lab).glob("*.ipynb"))
+        nb, seconds = execute(path)
+        slowest = max(cell_seconds(nb), key=lambda c: c[1], default=(None, 0.0))
+        report["notebooks"][lab] = {"seconds": round(seconds, 1), "slowest_cell": slowest[0],
+                                    "slowest_cell_s": round(slowest[1], 1)}
+        print(f"notebook {lab:28s} {seconds:6.1f} s end to end; slowest cell #{slowest[0]} {slowest[1]:.1f} s")
+
+
+def samples(report: dict, workspace: Path) -> None:
+    start = time.perf_counter()
+    rows = grade(SAMPLES, workspace=workspace)
+    report["samples_total_s"] = round(time.perf_counter() - start, 1)
+    for r in rows:
+        record = json.loads((workspace / "results" / f"{r.sid}--{r.lab}.json").read_text())
+        verdicts = record["verdicts"]
+        report["grading"][f"{r.lab}/{r.student}"] = {"seconds": round(r.seconds, 1), "score": r.auto_score,
+                                                     "max": r.auto_max, "breakdown": record["timings"],
+                                                     "slowest_check_s": round(max((v["seconds"] for v in verdicts),
+                                                                                  default=0.0), 1)}
+        print(f"grading  {r.lab:28s} {r.student:16s} {r.seconds:6.1f} s ({r.auto_score:g}/{r.auto_max:g})  "
+              + "  ".join(f"{k} {v:.1f}" for k, v in record["timings"].items() if k != "total"))
+    print(f"all samples, one worker (generate, autograde, feedback, export): {report['samples_total_s']} s")
+
+
+def synthetic_class(size: int, root: Path) -> Path:
+    """`size` submissions: the samples of every lab under new student names, round robin."""
+    pool = [(s.name, lab.name) for s in sorted(SAMPLES.iterdir()) if s.is_dir()
+            for lab in sorted(s.iterdir()) if lab.is_dir()]
+    out = root / "class"
+    for i in range(size):
+        student, lab = pool[i % len(pool)]
+        shutil.copytree(SAMPLES / student / lab, out / f"student{i:03d}-{student.split('-')[1]}" / lab)
+    return out
+
+
+def speedup(report: dict, size: int, root: Path) -> None:
+    submissions = synthetic_class(size, root)
+    times, scores = {}, {}
+    for jobs in (1, 2):
+        start = time.perf_counter()
+        rows = grade(submissions, workspace=root / f"ws{jobs}", jobs=jobs)
+        times[jobs] = time.perf_counter() - start
+        scores[jobs] = {(r.student, r.lab): r.auto_score for r in rows}
+        print(f"class of {size}: {jobs} worker(s) {times[jobs]:.1f} s ({times[jobs] / size:.1f} s per submission)")
+    report["class"] = {"size": size, "1_worker_s": round(times[1], 1), "2_workers_s": round(times[2], 1),
+                       "speedup": round(times[1] / times[2], 2), "scores_agree": scores[1] == scores[2]}
+    print(f"two-worker speed-up: {report['class']['speedup']}× (scores agree: {report['class']['scores_agree']})")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m grader.bench")
+    parser.add_argument("--skip-notebooks", action="store_true")
+    parser.add_argument("--class-size", type=int, default=40)
+    args = parser.parse_args()
     out = REPO / "build" / "benchmark.json"
     out.parent.mkdir(exist_ok=True)
     report = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "python": platform.python_version(), "torch": torch.__version__},
-              "date": time.strftime("%Y-%m-%d %H:%M"), "notebooks_s": {}, "grading_s": {}}
-    for lab in all_labs():
-        path = next((REPO / "solutions" / lab).glob("*.ipynb"))
-        _, seconds = execute(path)
-        report["notebooks_s"][lab] = round(seconds, 1)
-        print(f"notebook {lab:22s} {seconds:6.1f} s end to end")
-    start = time.perf_counter()
-    rows = grade(SAMPLES, workspace=REPO / "build" / "bench-grading")
-    report["grading_total_s"] = round(time.perf_counter() - start, 1)
-    for r in rows:
-        report["grading_s"][f"{r.lab}/{r.student}"] = round(r.seconds, 1)
-        print(f"grading  {r.lab:22s} {r.student:16s} {r.seconds:6.1f} s  ({r.auto_score:g}/{r.auto_max:g})")
-    print(f"whole grading run (generate, autograde, feedback, export): {report['grading_total_s']} s")
+                          "python": platform.python_version(), "torch": torch.__version__,
+                          "load_average_at_start": os.getloadavg()},
+              "date": time.strftime("%Y-%m-%d %H:%M"), "notebooks": {}, "grading": {}, "class": {}}
+    if not args.skip_notebooks:
+        notebooks(report)
+    with tempfile.TemporaryDirectory(prefix="xailab-bench-") as tmp:
+        samples(report, Path(tmp) / "samples")
+        if args.class_size:
+            speedup(report, args.class_size, Path(tmp))
     report["ig_reference_over_captum"] = round(ig_speed_ratio(), 2)
     print(f"Integrated Gradients, answer key time / captum time: {report['ig_reference_over_captum']}")
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -177,7 +178,8 @@ def merge(workspace: Path, result: Result, key: str) -> None:
     """Put one worker's result into the course's gradebook and autograded folder, and journal it."""
     from nbgrader.api import Gradebook, MissingEntry
 
-    with Gradebook(f"sqlite:///{workspace / 'gradebook.db'}") as gb:
+    with warnings.catch_warnings(), Gradebook(f"sqlite:///{workspace / 'gradebook.db'}") as gb:
+        warnings.simplefilter("ignore")  # SQLAlchemy's autoflush notices from inside nbgrader's API
         gb.update_or_create_student(result.sid)
         if result.grades:
             gb.update_or_create_submission(result.lab, result.sid)

@@ -117,8 +117,10 @@ class _Builder:
         self.args += ["--perms", perms, "--size", str(size), "--tmpfs", path]
 
 
-def command(connection_file: Path, cwd: Path, kernel_args: list[str], uid: int | None) -> tuple[list[str], list[int]]:
-    """The bwrap command line (and the file descriptors it reads) for one kernel."""
+def command(program: list[str], cwd: Path, uid: int | None, connection_file: Path | None = None,
+            ) -> tuple[list[str], list[int]]:
+    """The bwrap command line (and the file descriptors it reads) running `program` in the sandbox
+    (for a kernel: with its connection file and IPC folder bound in)."""
     b = _Builder()
     b.args += ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                "--die-with-parent", "--hostname", "grading", "--clearenv"]
@@ -160,10 +162,11 @@ def command(connection_file: Path, cwd: Path, kernel_args: list[str], uid: int |
                    "your own')\n", str(folder / "__init__.py"))
     # The kernel's connection file (read-only), its IPC socket folder (this submission's own) and the
     # checker's socket.
-    b.bind(connection_file)
-    ipc = _ipc_folder(connection_file)
-    if ipc is not None:
-        b.bind(ipc, writable=True)
+    if connection_file is not None:
+        b.bind(connection_file)
+        ipc = _ipc_folder(connection_file)
+        if ipc is not None:
+            b.bind(ipc, writable=True)
     socket_path = os.environ.get(SOCKET_ENV)
     if socket_path and Path(socket_path).exists():
         b.bind(Path(socket_path), Path(INSIDE_SOCKET))
@@ -177,8 +180,7 @@ def command(connection_file: Path, cwd: Path, kernel_args: list[str], uid: int |
     for key, value in env.items():
         b.args += ["--setenv", key, value]
     b.args += ["--chdir", str(cwd)]
-    kernel = ["prlimit", *(f"--{name}={value}" for name, value in LIMITS.items()), "--",
-              sys.executable, "-m", "ipykernel_launcher", "-f", str(connection_file), *kernel_args]
+    kernel = ["prlimit", *(f"--{name}={value}" for name, value in LIMITS.items()), "--", *program]
     if uid is not None:
         kernel = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                   "--bounding-set=-all", "--no-new-privs", *kernel]
@@ -206,7 +208,8 @@ def main(argv: list[str]) -> None:
         ipc = _ipc_folder(connection_file)
         if ipc is not None:
             os.chown(ipc, uid, uid)
-    args, _ = command(connection_file, Path.cwd().resolve(), argv[1:], uid)
+    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", str(connection_file), *argv[1:]]
+    args, _ = command(kernel, Path.cwd().resolve(), uid, connection_file)
     os.execvp(args[0], args)
 
 

