@@ -31,6 +31,7 @@ if args.cmd == "grade":
         sys.exit(str(err))
     print(table(rows))
     print(f"\nfeedback: {args.workspace / 'feedback'}   grades: {args.workspace / 'grades.csv'}")
+    print(rows.report)
 else:
     release(args.out, args.labs)
     print(f"released {', '.join(args.labs or all_labs())} into {args.out}")

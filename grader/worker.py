@@ -22,11 +22,10 @@ import nbformat
 
 from grader import sandbox
 from grader.checker import Checker, Session
+from grader.course import CHECK_CALL, SOLUTIONS, nbgrader, write_config
 from grader.execute import NOT_RUN, STOPPED
 from grader.notebooks import grade_id
 
-REPO = Path(__file__).resolve().parents[1]
-SOLUTIONS = REPO / "solutions"
 AUTOGRADE_TIMEOUT_S = 1800  # one submission: a safety net far above any honest notebook
 
 
@@ -77,8 +76,6 @@ class WorkerContext:
     """A worker's private nbgrader workspace and its checker."""
 
     def __init__(self, template: Template, root: Path | None = None):
-        from grader.grade import write_config
-
         os.environ["XAILAB_THREADS"] = str(template.threads)  # before the checker imports xailab.grading
         import xailab.grading
 
@@ -109,8 +106,6 @@ def context(template: Template) -> WorkerContext:
 
 def grade_one(job: Job, template: Template) -> Result:
     """Autograde one submission in this process's workspace; never raises for a bad notebook."""
-    from grader.grade import nbgrader
-
     ctx = context(template)
     start = time.perf_counter()
     notes = list(job.notes)
@@ -150,8 +145,6 @@ def grade_one(job: Job, template: Template) -> Result:
 
 def test_cells(lab: str) -> dict[str, dict[str, list[str]]]:
     """notebook → graded test cell → the hidden checks it calls (from the solution notebook)."""
-    from grader.grade import CHECK_CALL
-
     cells = {}
     for path in sorted((SOLUTIONS / lab).glob("*.ipynb")):
         nb = nbformat.read(str(path), as_version=4)
