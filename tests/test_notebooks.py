@@ -56,3 +56,20 @@ def test_labs_are_generated_from_solutions(tmp_path):
 def test_released_notebooks_do_not_import_the_grader():
     for path in (REPO / "labs").rglob("*.ipynb"):
         assert "import grader" not in path.read_text() and "from grader" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_every_graded_test_cell_calls_existing_hidden_checks(lab):
+    """Scores come from the checker's record: a graded test cell without a hidden check could only be
+    scored by the student's own kernel, so every one calls at least one, and every name exists."""
+    from grader.checks import checks_for
+    from grader.worker import test_cells
+
+    names = {c.name for c in checks_for(lab.split("-")[0])}
+    cells = test_cells(lab)
+    assert cells, f"{lab} has no graded test cells"
+    for notebook, by_cell in cells.items():
+        for cell, calls in by_cell.items():
+            assert calls, f"{lab}/{notebook}: graded test cell {cell} calls no hidden check"
+            unknown = [c for c in calls if c not in names]
+            assert not unknown, f"{lab}/{notebook}: {cell} calls unknown checks {unknown}"
