@@ -70,6 +70,8 @@ def restore_metadata(submission, release) -> list[str]:
             submission.cells[j].metadata["nbgrader"] = json.loads(json.dumps(release.cells[i].metadata["nbgrader"]))
             present.add(gid)
             restored += 1
+    if not restored:
+        return []  # nothing stripped: the cells were deleted (reinsert_missing_cells says so)
     return [f"nbgrader metadata missing on {len(missing)} cells: restored {restored} by matching the released notebook"]
 
 

@@ -155,13 +155,15 @@ def test_cells(lab: str) -> dict[str, dict[str, list[str]]]:
 
 
 def _cell_errors(autograded: Path) -> dict[str, dict[str, list[str]]]:
-    """notebook → grade_id → the error names in its outputs, from the autograded notebooks."""
+    """notebook → grade_id → the error names in its outputs, from the autograded notebooks; a cell that
+    was never executed (nbgrader stopped before it) counts as not run."""
     found = {}
     for nb_path in sorted(autograded.glob("*.ipynb")):
         nb = nbformat.read(str(nb_path), as_version=4)
         found[nb_path.stem] = {grade_id(c): [o.get("ename", "") for o in c.get("outputs", [])
                                              if o.get("output_type") == "error"]
-                               for c in nb.cells if grade_id(c)}
+                                            + ([] if c.get("execution_count") is not None else [NOT_RUN])
+                               for c in nb.cells if grade_id(c) and c.cell_type == "code"}
     return found
 
 
