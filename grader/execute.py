@@ -14,9 +14,9 @@ import os
 import time
 
 from jupyter_core.utils import run_sync
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
-from traitlets import Integer, Unicode
+from traitlets import Bool, Integer, Unicode
 
 from nbgrader.preprocessors import Execute
 
@@ -34,6 +34,7 @@ def _error(ename: str, evalue: str) -> NotebookNode:
 
 
 class GuardedExecute(Execute):
+    raise_on_iopub_timeout = Bool(False, help="a cell that floods its output keeps what arrived in time").tag(config=True)
     busy_file = Unicode("", help="file the checker writes while a hidden check runs ({'until': epoch s})").tag(config=True)
     timings_file = Unicode("", help="where to write the start time and each code cell's duration (JSON)").tag(config=True)
     max_cell_output = Integer(100_000, help="bytes of output kept per cell").tag(config=True)
@@ -101,6 +102,8 @@ class GuardedExecute(Execute):
         except DeadKernelError:
             self._gone = "the notebook's kernel died (os._exit, a crash, or a resource limit)"
             cell.outputs = list(cell.get("outputs", [])) + [_error(STOPPED, self._gone + " while running this cell")]
+        except CellTimeoutError as err:  # a safety net: nbclient's own time-outs end this cell only
+            cell.outputs = list(cell.get("outputs", [])) + [_error("CellTimeout", str(err).splitlines()[0][:200])]
         except KernelUnresponsive:
             self._gone = "the notebook's kernel ignored the interrupt after the cell's time limit and was stopped"
             cell.outputs = list(cell.get("outputs", [])) + [_error(STOPPED, self._gone + " (this cell)")]
