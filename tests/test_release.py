@@ -121,12 +121,13 @@ def answer_key_lines() -> set[str]:
 
 
 def answer_key_functions() -> set[str]:
-    """Names of the functions students write: the functions defined in the solution cells."""
+    """Names of the functions students write: the grade_ids of the solution code cells."""
     names = set()
     for path in (REPO / "solutions").rglob("*.ipynb"):
         for cell in nbformat.read(str(path), as_version=4).cells:
-            if cell.cell_type == "code" and cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
-                names |= set(re.findall(r"^def (\w+)\(", cell.source, re.M))
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if cell.cell_type == "code" and meta.get("solution") and re.fullmatch(r"\w+", meta.get("grade_id", "")):
+                names.add(meta["grade_id"])
     return names
 
 
