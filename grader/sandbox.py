@@ -149,11 +149,14 @@ def command(program: list[str], cwd: Path, uid: int | None, connection_file: Pat
     # Python, the virtual environment, and the student package with its data.
     for root in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve().parent}:
         b.bind(root)
+    python_path = []  # the grader's own copy of the package first, whatever the venv's editable install says
     for package in ("xailab", "xailab_data"):
         folder = _package_dir(package)
         if folder is not None and not any(str(folder).startswith(str(Path(p).resolve()) + os.sep)
                                            for p in (sys.prefix, sys.base_prefix)):
             b.bind(folder)
+            if folder.name == package:
+                python_path.append(str(folder.parent))
     for package in MASKED:
         folder = _package_dir(package)
         if folder is not None:
@@ -175,6 +178,8 @@ def command(program: list[str], cwd: Path, uid: int | None, connection_file: Pat
            "TRANSFORMERS_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "XAILAB_GRADING": "1",
            "TOKENIZERS_PARALLELISM": "false", "XAILAB_THREADS": os.environ.get("XAILAB_THREADS", "2"),
            "OMP_NUM_THREADS": os.environ.get("XAILAB_THREADS", "2")}
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(python_path)
     if socket_path:
         env["XAILAB_CHECKER"] = INSIDE_SOCKET
     for key, value in env.items():
