@@ -70,3 +70,33 @@ def text_batch(name: str, sentences=SENTENCES) -> dict[str, torch.Tensor]:
     """Token ids and attention mask of `sentences` for text model `name` (padded batch)."""
     enc = model(name).encode(list(sentences))
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class UnmaskedTextModel(nn.Module):
+    """A small text classifier that ignores `attention_mask`: the mean of tanh(embedding) over ALL
+    positions, then a linear layer. Padding changes its output, so its gradient is non-zero at
+    padding positions (unlike a transformer that masks them). Same interface as the course's text
+    models: get_input_embeddings(), forward(input_ids=… or inputs_embeds=…, attention_mask=…), tokenizer."""
+
+    def __init__(self, tokenizer, vocab: int = 30522, dim: int = 8, classes: int = 2, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.embeddings = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, classes)
+        with torch.no_grad():
+            self.embeddings.weight.copy_(torch.randn(vocab, dim, generator=g))
+            self.head.weight.copy_(torch.randn(classes, dim, generator=g))
+        self.tokenizer = tokenizer
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        e = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.head(torch.tanh(e).mean(1))
+
+
+def unmasked_text_model(name: str = "tiny-bert-sentiment") -> UnmaskedTextModel:
+    """An UnmaskedTextModel with the tokenizer (and vocabulary size) of course text model `name`."""
+    tok = model(name).tokenizer
+    return UnmaskedTextModel(tok, vocab=len(tok)).eval()

@@ -8,13 +8,15 @@ compared with the answer key and with values known in closed form.
 """
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import torch
+from torch import nn
 
 from grader.answers import lab02 as ref
 from grader.checks import Case, CheckFailed, all_of, as_tensor, assert_close, copy_kwargs, property_check, reference_check
-from grader.checks.properties import batch_equals_single, check_no_side_effects, side_effect_free
+from grader.checks.properties import batch_equals_single, check_no_side_effects, no_hooks_left_on_error, side_effect_free
 from grader.fixtures import mnist_batch, model
 from xailab.datasets.photos import load_photo
 
@@ -72,6 +74,69 @@ def cam_photo_cases() -> list[Case]:
     return [_gap_case("efficientnet-lite0 on the chelsea and coffee photos (160×160), "
                       "each for the other photo's class (967 espresso, 285 Egyptian cat)",
                       "efficientnet-lite0", photos(), torch.tensor([967, 285]))]
+
+
+class SharedBlockCNN(nn.Module):
+    """stem → `block` → the same `block` again (shared weights, as a reused ReLU in a ResNet) → global
+    average pooling → `classifier`. A hook on `block` fires twice per forward pass; the feature map
+    the classifier sees is its second (last) output."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU())
+        self.pool, self.flatten, self.classifier = nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.classifier(self.flatten(self.pool(self.block(self.block(torch.relu(self.stem(x)))))))
+
+
+class FailingCNN(SharedBlockCNN):
+    """SharedBlockCNN whose forward pass raises after the hooked block has run (an error mid-way)."""
+
+    def forward(self, x):
+        self.block(self.block(torch.relu(self.stem(x))))
+        raise RuntimeError("this model fails after its feature block")
+
+
+def failing_kwargs(case: Case) -> dict:
+    """The case's arguments with a model whose forward pass raises after the hooked layer ran."""
+    m = FailingCNN().eval()
+    kw = dict(case.kwargs, model=m, inputs=fresh(*mnist_batch(2))[0], target=1)
+    for name in ("features", "layer"):
+        if name in kw:
+            kw[name] = m.block
+    if "classifier" in kw:
+        kw["classifier"] = m.classifier
+    return kw
+
+
+def shared_block_case(kind: str) -> Case:
+    """On SharedBlockCNN: a CAM case (features, classifier) or a Grad-CAM case (layer)."""
+    x, y = fresh(*mnist_batch(3))
+    m = SharedBlockCNN().eval()
+    layers = dict(features=m.block, classifier=m.classifier) if kind == "cam" else dict(layer=m.block)
+    return Case("a CNN whose hooked block runs twice per forward pass (shared weights; the last output is the "
+                "feature map), 3 digits", dict(model=m, inputs=x, target=y, **layers))
+
+
+def frozen(m: nn.Module) -> nn.Module:
+    """A copy of `m` whose parameters do not require grad (a frozen backbone)."""
+    m = copy.deepcopy(m)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m.eval()
+
+
+def frozen_case() -> Case:
+    x, y = fresh(*mnist_batch(4))
+    m = frozen(model("mnist-cnn"))
+    return Case("mnist-cnn with frozen parameters (requires_grad=False), 4 digits, layer = the last feature map",
+                dict(model=m, inputs=x, target=y, layer=m.features))
 
 
 def as_layer_case(case: Case, layer=None, what: str = "the last feature map") -> Case:
@@ -163,10 +228,11 @@ def cam_is_scaled_grad_cam(fn, case: Case) -> None:
 # ------------------------------------------------------------------ CAM
 
 reference_check("lab02.cam.cnn", "cam",
-                "matches reference CAM on the MNIST CNNs and the concept CNN",
-                cam_cnn_cases, ref.cam, rtol=1e-4, atol=1e-4,
+                "matches reference CAM on the MNIST CNNs, the concept CNN and a CNN whose feature block runs twice",
+                lambda: cam_cnn_cases() + [shared_block_case("cam")], ref.cam, rtol=1e-4, atol=1e-4,
                 hint="CAM = ReLU(Σ_k w_ck A_k) with w_c the classifier row of the target class (no bias), "
-                     "upsampled bilinearly (align_corners=False) to the input size, not normalised.")
+                     "upsampled bilinearly (align_corners=False) to the input size, not normalised; A = the last "
+                     "output of `features` in the forward pass.")
 
 reference_check("lab02.cam.efficientnet", "cam",
                 "matches reference CAM on EfficientNet-Lite0 (two real photos, per-example classes)",
@@ -176,18 +242,23 @@ reference_check("lab02.cam.efficientnet", "cam",
 
 property_check("lab02.cam.properties", "cam",
                "non-negative maps of the input's size; class-discriminative; batch = per example; "
-               "model and inputs untouched",
+               "model and inputs untouched, no hook left even when the model raises",
                lambda: cam_cnn_cases()[:1] + cam_cnn_cases()[3:],
                all_of(map_shape_and_sign("cam"), class_matters("cam"),
-                      batch_equals_single("cam", 1e-4, 1e-4), side_effect_free("cam")))
+                      batch_equals_single("cam", 1e-4, 1e-4), side_effect_free("cam"),
+                      no_hooks_left_on_error("cam", failing_kwargs)))
 
 # ------------------------------------------------------------------ Grad-CAM
 
 reference_check("lab02.grad_cam.cnn", "grad_cam",
-                "matches reference Grad-CAM on the MNIST CNNs and the concept CNN (last and middle layers)",
-                grad_cam_cnn_cases, ref.grad_cam, rtol=1e-3, atol=1e-5,
+                "matches reference Grad-CAM on the MNIST CNNs and the concept CNN (last and middle layers), "
+                "a model with frozen parameters and a CNN whose hooked block runs twice",
+                lambda: grad_cam_cnn_cases() + [frozen_case(), shared_block_case("grad_cam")], ref.grad_cam,
+                rtol=1e-3, atol=1e-5,
                 hint="Weights = spatial mean of ∂(pre-softmax target score)/∂A; map = ReLU(Σ_k w_k A_k), "
-                     "upsampled bilinearly (align_corners=False) to the input size.")
+                     "upsampled bilinearly (align_corners=False) to the input size. A = the layer's last output "
+                     "in the forward pass; differentiate with torch.autograd.grad, which also works when the "
+                     "model's parameters do not require grad.")
 
 reference_check("lab02.grad_cam.efficientnet", "grad_cam",
                 "matches reference Grad-CAM on EfficientNet-Lite0 at two layers",
@@ -197,10 +268,11 @@ reference_check("lab02.grad_cam.efficientnet", "grad_cam",
 
 property_check("lab02.grad_cam.properties", "grad_cam",
                "non-negative maps of the input's size; class-discriminative; batch = per example; "
-               "hooks removed, model and inputs untouched",
+               "hooks removed (also when the model raises), model and inputs untouched",
                lambda: [as_layer_case(c) for c in cam_cnn_cases()[:1] + cam_cnn_cases()[3:]],
                all_of(map_shape_and_sign("grad_cam"), class_matters("grad_cam"),
-                      batch_equals_single("grad_cam", 1e-3, 1e-6), side_effect_free("grad_cam")))
+                      batch_equals_single("grad_cam", 1e-3, 1e-6), side_effect_free("grad_cam"),
+                      no_hooks_left_on_error("grad_cam", failing_kwargs)))
 
 property_check("lab02.grad_cam.cam_equivalence", "grad_cam",
                "equals CAM / (h·w) at the last feature map of GAP → linear networks",
@@ -301,6 +373,9 @@ def known_values(task: str, examples):
         if tuple(actual.shape) != tuple(expected.shape):
             raise CheckFailed(f"{task}: expected shape {tuple(expected.shape)} (one score per example), "
                               f"got {tuple(actual.shape)}.")
+        if not actual.is_floating_point():
+            raise CheckFailed(f"{task}: expected a float tensor (scores such as 1.0 and 0.0), got {actual.dtype}: "
+                              "convert with .to(heatmap.dtype) or .float().")
         actual = actual.to(torch.float64)
         for i, note in enumerate(notes):
             if not torch.isfinite(actual[i]) or abs(actual[i].item() - expected[i].item()) > 1e-5:

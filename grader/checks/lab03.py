@@ -270,7 +270,12 @@ def steps_cases() -> list[Case]:
     x = torch.randn(3, 4, generator=g)
     quad, big = QuadraticLinear(a, c).eval(), QuadraticLinear(a, c, scale=50.0).eval()
     digits = cnn_cases()[0].kwargs
+    base = torch.randn(3, 4, generator=torch.Generator().manual_seed(100)) * 1.5  # f(x′) far from 0
     return [
+        Case("f(x) = Σ a x² + c x, 3 inputs, a baseline per example with f(x′) far from 0, left rule, tol 0.1",
+             dict(model=quad, inputs=x, target=1, baseline=base, rule="left", tol=0.1)),
+        Case("the same with the right rule, tol 0.1, start 5, max_steps 40 (n = 40 is the first that converges)",
+             dict(model=quad, inputs=x, target=1, baseline=base, rule="right", tol=0.1, start=5, max_steps=40)),
         Case("f(x) = Σ a x² + c x, 3 inputs, left rule, tol 0.1", dict(model=quad, inputs=x, target=1, rule="left", tol=0.1)),
         Case("the same model × 50, left rule, tol 0.1", dict(model=big, inputs=x, target=1, rule="left", tol=0.1)),
         Case("f(x) = Σ a x² + c x, one input, right rule, tol 0.05",

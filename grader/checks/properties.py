@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from grader.checks import Case, CheckFailed, as_tensor, assert_close
+from grader.checks.student import StudentError
 
 
 def side_effect_free(task: str, extra: dict | None = None, rtol: float = 1e-4, atol: float = 1e-6):
@@ -98,3 +99,22 @@ def count_forward(fn, kwargs: dict):
     """(output, forward passes, largest batch) of one call with `model` wrapped in a ForwardCounter."""
     output, calls, rows = fn.call(dict(kwargs, model=ForwardCounter(kwargs["model"]).eval()), post=_counted).output
     return output, int(calls), int(rows)
+
+
+def no_hooks_left_on_error(task: str, failing):
+    """When the forward pass raises, the function leaves no hook behind (a try: … finally: block).
+
+    `failing(case)` gives keyword arguments whose forward pass fails after the hooks are in place."""
+
+    def prop(fn, case: Case) -> None:
+        try:
+            facts = fn.call(failing(case), observe=True).facts
+        except StudentError as err:
+            facts = err.facts
+        for name, f in sorted(facts.get("models", {}).items()):
+            if isinstance(f, dict) and f.get("before", {}).get("hooks") != f.get("after", {}).get("hooks"):
+                raise CheckFailed(f"{task} left a hook on `{name}` when the model raised an error during the call "
+                                  "(a failing forward pass, or an invalid target): register the hooks, then run the "
+                                  "model inside try: … finally: that removes them.")
+
+    return prop

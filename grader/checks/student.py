@@ -36,7 +36,12 @@ _ZOO_IDS: dict[int, tuple[str, str, Any]] = {}  # id(module) -> (zoo name, submo
 
 
 class StudentError(Exception):
-    """The student's function raised (type and first line of the message)."""
+    """The student's function raised (type and first line of the message). `kind` is the exception's
+    type name; `facts` what `observe=True` saw after the error (e.g. a hook left behind)."""
+
+    def __init__(self, message: str = "", kind: str = "", facts: dict | None = None):
+        super().__init__(message)
+        self.kind, self.facts = kind, facts or {}
 
 
 class OutOfTime(BaseException):
@@ -120,7 +125,8 @@ def interpret_reply(task: str, header: dict, blob: bytes) -> Reply:
     if "error" in header:
         err = header["error"] if isinstance(header["error"], dict) else {}
         kind, message = str(err.get("type", "Exception"))[:80], str(err.get("message", ""))[:300]
-        raise StudentError(f"{kind}: {message}" if message else kind)
+        facts = header.get("facts", {})
+        raise StudentError(f"{kind}: {message}" if message else kind, kind, facts if isinstance(facts, dict) else {})
     if "unsupported" in header:
         raise BadReply(f"{task} returned {str(header['unsupported'])[:120]}, which cannot be graded: return tensors "
                        "(or numbers, or tuples/lists/dicts of them) as the docstring says.")
