@@ -13,8 +13,8 @@ from torch import nn
 
 from grader.answers import lab01 as ref
 from grader.checks import Case, CheckFailed, all_of, as_tensor, assert_close, property_check, reference_check
-from grader.checks.properties import batch_equals_single, count_forward, side_effect_free
-from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, mnist_batch, model, text_batch
+from grader.checks.properties import batch_equals_single, count_forward, no_hooks_left_on_error, side_effect_free
+from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, mnist_batch, model, text_batch, unmasked_text_model
 from xailab.datasets.photos import load_photo
 
 
@@ -57,6 +57,12 @@ def token_cases() -> list[Case]:
         cases.append(Case(f"{name}, 4 padded sentences, per-example targets, grad×input",
                           dict(model=model(name), **batch, target=torch.tensor([1, 0, 0, 1]),
                                reduction="grad_x_input")))
+    batch = text_batch("tiny-bert-sentiment")
+    for reduction in ("l2", "grad_x_input"):
+        cases.append(Case(f"a text model that does NOT mask padding (mean over all positions), 4 padded sentences, "
+                          f"reduction={reduction!r}",
+                          dict(model=unmasked_text_model(), **batch, target=torch.tensor([1, 0, 0, 1]),
+                               reduction=reduction)))
     return cases
 
 
@@ -108,8 +114,13 @@ property_check("lab01.gradient_x_input.linear", "gradient_x_input",
 
 
 def sigma_zero_cases() -> list[Case]:
-    return [Case(c.description + ", noise_level=0", dict(c.kwargs, noise_level=0.0, n_samples=3))
-            for c in cnn_cases()[:1] + cnn_cases()[2:] + transformer_cases()[:1]]
+    c = cnn_cases()
+    return [Case(case.description + ", noise_level=0", dict(case.kwargs, noise_level=0.0, n_samples=3))
+            for case in c[:1] + c[2:] + transformer_cases()[:1]] + [
+        Case(c[0].description + ", noise_level=0, 3 samples in chunks of batch_size=5 (12 noisy copies)",
+             dict(c[0].kwargs, noise_level=0.0, n_samples=3, batch_size=5)),
+        Case(c[2].description + ", noise_level=0, 2 samples, batch_size=1",
+             dict(c[2].kwargs, noise_level=0.0, n_samples=2, batch_size=1))]
 
 
 reference_check("lab01.smoothgrad.sigma_zero", "smoothgrad",
@@ -179,12 +190,38 @@ def smoothgrad_batched(fn, case: Case) -> None:
     if calls > 2:
         raise CheckFailed(f"smoothgrad made {calls} forward passes for 16 samples of 4 inputs with "
                           "batch_size=64: stack the noisy copies into one batch instead of looping.")
+    _, calls, rows = count_forward(fn, dict(case.kwargs, n_samples=16, batch_size=24))
+    if rows > 24:
+        raise CheckFailed(f"smoothgrad fed {rows} noisy copies to the model at once with batch_size=24 "
+                          "(16 samples of 4 inputs): at most batch_size copies may go through the model at once.")
+    if calls > 4:
+        raise CheckFailed(f"smoothgrad made {calls} forward passes for 64 noisy copies with batch_size=24: "
+                          "expected 3 (chunks of batch_size copies).")
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def smoothgrad_uses_generator(fn, case: Case) -> None:
+    """The same seeded generator gives the same result whatever the global seed; another seed another one."""
+    kw = dict(case.kwargs, n_samples=4)
+    first = as_tensor(fn.call(dict(kw, generator=seeded(1)), seed=0).output, "smoothgrad")
+    again = as_tensor(fn.call(dict(kw, generator=seeded(1)), seed=5).output, "smoothgrad")
+    assert_close(again, first, f"smoothgrad twice with a generator seeded 1 ({case.description}), the global "
+                 "random state differing between the calls", 1e-5, 1e-7,
+                 "Draw every random number from `generator` (torch.randn(..., generator=generator)), so a "
+                 "seeded generator makes the result reproducible.")
+    other = as_tensor(fn(**dict(kw, generator=seeded(2))), "smoothgrad")
+    if torch.allclose(other, first, rtol=1e-5, atol=1e-7):
+        raise CheckFailed("smoothgrad gave the same result for generators seeded 1 and 2: the noise must come "
+                          "from `generator`.")
 
 
 property_check("lab01.smoothgrad.properties", "smoothgrad",
-               "batched over samples; model and inputs untouched",
+               "batched over samples in chunks of batch_size; noise from the generator; model and inputs untouched",
                lambda: cnn_cases()[:1],
-               all_of(side_effect_free("smoothgrad", dict(n_samples=4)), smoothgrad_batched))
+               all_of(side_effect_free("smoothgrad", dict(n_samples=4)), smoothgrad_batched, smoothgrad_uses_generator))
 
 # ------------------------------------------------------------------ guided backpropagation
 
@@ -199,9 +236,10 @@ reference_check("lab01.guided_backprop.efficientnet", "guided_backprop",
                 hint="EfficientNet-Lite0 uses nn.ReLU6: it needs the same treatment as nn.ReLU.")
 
 property_check("lab01.guided_backprop.properties", "guided_backprop",
-               "hooks removed and model untouched; batch = per example",
+               "hooks removed (also after an error) and model untouched; batch = per example",
                lambda: cnn_cases()[:1],
-               all_of(side_effect_free("guided_backprop"), batch_equals_single("guided_backprop", 1e-3, 1e-6)))
+               all_of(side_effect_free("guided_backprop"), batch_equals_single("guided_backprop", 1e-3, 1e-6),
+                      no_hooks_left_on_error("guided_backprop", lambda case: dict(case.kwargs, target=99))))
 
 # ------------------------------------------------------------------ occlusion
 
@@ -211,6 +249,12 @@ def occlusion_cases() -> list[Case]:
     return [
         Case(c[0].description + ", 4×4 patches, stride 4", dict(c[0].kwargs, patch=4)),
         Case(c[2].description + ", 6×6 patches, stride 2, grey baseline", dict(c[2].kwargs, patch=6, stride=2, baseline=0.5)),
+        Case(c[1].description + ", 14×14 patches, stride 14, batch_size=3 (smaller than the batch)",
+             dict(c[1].kwargs, patch=14, stride=14, batch_size=3)),
+        Case("mnist-cnn, 4 digits cropped to 28×22 (not square), their labels, 5×5 patches, stride 3 (across "
+             "the 22 columns the last window ends at the border; no window covers the last 2 rows: they get 0), "
+             "batch_size=24 (chunks of 6 windows)",
+             dict(c[0].kwargs, inputs=c[0].kwargs["inputs"][..., 3:25].clone(), patch=5, stride=3, batch_size=24)),
     ]
 
 
@@ -231,10 +275,17 @@ def occlusion_batched(fn, case: Case) -> None:
     if calls > 4:
         raise CheckFailed(f"occlusion made {calls} forward passes for 49 windows with batch_size=256: "
                           "stack the occluded copies into batches instead of one pass per window.")
+    b = case.kwargs["inputs"].shape[0]
+    for patch, batch_size in ((4, 20), (14, 2)):
+        _, _, rows = count_forward(fn, dict(case.kwargs, patch=patch, stride=patch, batch_size=batch_size))
+        if rows > max(batch_size, b):
+            raise CheckFailed(f"occlusion fed {rows} images to the model at once with batch_size={batch_size} and "
+                              f"{b} inputs: put max(1, batch_size // B) windows of the B inputs (at most batch_size "
+                              "occluded images, or one window when B > batch_size) into each forward pass.")
 
 
 property_check("lab01.occlusion.properties", "occlusion",
-               "batched over windows; batch = per example; model and inputs untouched",
+               "batched over windows in chunks of batch_size; batch = per example; model and inputs untouched",
                lambda: [Case(c.description, dict(c.kwargs, patch=7)) for c in cnn_cases()[:1]],
                all_of(side_effect_free("occlusion"), occlusion_batched,
                       batch_equals_single("occlusion", 1e-3, 1e-4)))
@@ -242,10 +293,10 @@ property_check("lab01.occlusion.properties", "occlusion",
 # ------------------------------------------------------------------ token saliency
 
 reference_check("lab01.token_saliency.reference", "token_saliency",
-                "matches reference token saliency on two transformers (L2 and grad×input)",
+                "matches reference token saliency on two transformers and a model that does not mask padding (L2 and grad×input)",
                 token_cases, ref.token_saliency, rtol=1e-3, atol=1e-5,
                 hint="Differentiate w.r.t. the input embeddings (not the ids), reduce over the hidden size, "
-                     "zero the padding.")
+                     "and set padding positions (attention_mask == 0) to exactly 0, whatever the model does with them.")
 
 
 def per_sentence(fn, case: Case) -> None:
