@@ -5,6 +5,7 @@ its render_vis normalises inputs for torchvision models unless preprocess=False 
 normalise inside), upsamples images smaller than 224 unless fixed_image_size is set, and opens an
 image viewer unless show_image=False.
 """
+import copy
 import itertools
 import math
 
@@ -218,7 +219,9 @@ def test_layer_activation_is_a_truncated_forward(concept):
 
 
 def _lucent_value(m, x, objective):
-    """Evaluate a lucent objective on the model's activations for images x (lucent returns −score)."""
+    """Evaluate a lucent objective on the model's activations for images x (lucent returns −score).
+    lucent never removes its hooks: it hooks a copy, so the shared model stays clean."""
+    m = copy.deepcopy(m)
     hook = render.hook_model(m, lambda: x)
     m(x)
     return -objective(hook)
@@ -316,7 +319,8 @@ def test_visualise_reaches_lucents_objective(concept):
     np.random.seed(0)
     torch.manual_seed(0)
     lucent_objective = sum(objectives.channel("features_9", c, batch=i) for i, c in enumerate(channels))
-    images = render.render_vis(m, lucent_objective, lambda: param.image(size, batch=3), thresholds=(steps,),
+    # a copy of the model: lucent leaves its hooks behind
+    images = render.render_vis(copy.deepcopy(m), lucent_objective, lambda: param.image(size, batch=3), thresholds=(steps,),
                                preprocess=False, show_image=False, progress=False, fixed_image_size=size + 24)
     theirs = torch.tensor(images[-1]).permute(0, 3, 1, 2)
     with torch.no_grad():

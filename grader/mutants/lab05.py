@@ -512,7 +512,7 @@ MUTANTS = {
 
 # The "partly wrong" sample submission: realistic student cells with planted bugs.
 PARTIAL_SAMPLE = {
-    # Raises: every make_objective test fails, nothing else does (the visualise tests bring their own objectives).
+    # Raises: every make_objective test fails, and test_visualise_start, whose visible check builds an objective.
     "make_objective": '''def make_objective(layer, channel=None, direction=None, position=None):
     raise NotImplementedError("TODO: objectives")''',
     # One random draw for the whole batch: loses the seeded and per-image transform tests only.
