@@ -555,7 +555,11 @@ def self_and_complement(fn, case: Case) -> None:
 
 
 def iou_identity_cases() -> list[Case]:
-    return [Case("the 15 concept masks of 10 concept images", dict(concept_masks=concept_masks(10, seed=27)))]
+    single = torch.zeros(3, 2, 4, 4, dtype=torch.bool)
+    single[1, 0, 2, 3] = single[2, 1, 0, 0] = True                      # one pixel per concept in the whole dataset
+    return [Case("the 15 concept masks of 10 concept images", dict(concept_masks=concept_masks(10, seed=27))),
+            Case("2 concepts of one pixel each in 3 images of 4×4 (a union of exactly 1 pixel)",
+                 dict(concept_masks=single))]
 
 
 property_check("lab06.dataset_iou.identities", "dataset_iou",
