@@ -9,7 +9,8 @@
   and the slowest hidden-test cell of each lab;
 * a synthetic class (copies of the samples under other names) graded with 1 and with 2 workers:
   the speed-up;
-* the Lab 3 answer key's Integrated Gradients against captum's (time ratio).
+* the Lab 3 answer key's Integrated Gradients against captum's (time ratio);
+* the Lab 6 answer key dissecting one concept-cnn layer (64 units) on 2,000 concept images.
 """
 from __future__ import annotations
 
@@ -50,6 +51,27 @@ def ig_speed_ratio(n_digits: int = 8, n_steps: int = 64, batch_size: int = 128) 
     theirs = best_time(lambda: IntegratedGradients(m).attribute(x, target=y, n_steps=n_steps, method="riemann_middle",
                                                                 internal_batch_size=batch_size))
     return ours / theirs
+
+
+def dissection_seconds(n_images: int = 2000, batch_size: int = 200) -> float:
+    """Seconds for the Lab 6 answer key to dissect concept-cnn's last conv layer (64 units, 15 concepts)."""
+    from grader.answers import lab06
+    from grader.fixtures import model
+    from xailab.datasets.concepts import concept_names, make_concept_dataset
+
+    data = make_concept_dataset(n_images, seed=3)
+    masks = torch.stack([data["masks"][n] for n in concept_names()], 1)
+    cnn = model("concept-cnn")
+
+    def dissect():
+        acts = lab06.collect_activations(cnn, cnn.features[10], data["images"], batch_size)
+        thresholds = lab06.unit_thresholds(acts)
+        starts = range(0, n_images, batch_size)
+        units = (lab06.unit_masks(acts[i:i + batch_size].contiguous(memory_format=torch.channels_last), thresholds, 64)
+                 for i in starts)
+        return lab06.dataset_iou(units, (masks[i:i + batch_size] for i in starts))
+
+    return best_time(dissect, repeats=2)
 
 
 def cell_seconds(nb) -> list[tuple[int, float]]:
@@ -136,6 +158,8 @@ def main() -> None:
             speedup(report, args.class_size, Path(tmp))
     report["ig_reference_over_captum"] = round(ig_speed_ratio(), 2)
     print(f"Integrated Gradients, answer key time / captum time: {report['ig_reference_over_captum']}")
+    report["lab06_dissect_one_layer_2000_images_s"] = round(dissection_seconds(), 1)
+    print(f"Lab 6: one concept-cnn layer dissected on 2,000 images in {report['lab06_dissect_one_layer_2000_images_s']} s")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {out}")
 

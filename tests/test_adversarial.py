@@ -1,6 +1,6 @@
 """The adversarial corpus graded together with honest controls: no attack pays, nobody loses.
 
-One grading run of grader/adversarial/ (30 attacks on Lab 1, 2 honest controls) through the real
+One grading run (two workers) of grader/adversarial/ (30 attacks on Lab 1, 2 honest controls) through the real
 pipeline, sandbox and checker included. Asserted: every submission gets exactly the score its honest
 work deserves; the run completes; the feedback of each student holds nothing of anyone else's, nor
 the answer key; nothing outside the sandbox changed; no process survives its submission; every
@@ -40,7 +40,7 @@ def graded(tmp_path_factory):
     shutil.copytree(CORPUS, submissions, ignore=shutil.ignore_patterns("expected.json"))
     before = {name: digest(REPO / name) for name in PROTECTED}
     submitted = digest(submissions)
-    rows = grade(submissions, labs=[LAB], workspace=tmp / "workspace")
+    rows = grade(submissions, labs=[LAB], workspace=tmp / "workspace", jobs=2)
     print(table(rows))
     return dict(rows={r.student: r for r in rows}, workspace=tmp / "workspace", before=before,
                 after={name: digest(REPO / name) for name in PROTECTED}, submitted=submitted,
