@@ -29,6 +29,7 @@ from xailab.grading import recv_frame, send_frame
 
 NAME = re.compile(r"^lab\d\d\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$")
 GRACE_S = 15.0  # beyond a call's budget (at least): loading models in the kernel, (de)serialising
+OWN_WORK_S = 1800.0  # the checker's own work (waiting its turn, references, comparisons) never times a cell out
 _COMPUTE = threading.Lock()  # checks compute one at a time; released while a kernel works
 
 
@@ -63,6 +64,7 @@ class RemoteStudent(Student):
             raise KernelLost(f"the connection to the notebook was lost ({str(err)[:120]})") from None
         finally:
             _COMPUTE.acquire()
+            self.session.mark_busy(OWN_WORK_S)
         if header.get("op") != "result":
             raise KernelLost("the notebook sent an unexpected message")
         return header, blob
@@ -136,6 +138,7 @@ class Session:
             self.errors.append(f"a request for an unknown check ({str(name)[:60]!r})")
             return
         start = time.perf_counter()
+        self.mark_busy(OWN_WORK_S)  # the notebook's cell waits for the checker's turn and its references
         with _COMPUTE:
             try:
                 chk = get(name)
