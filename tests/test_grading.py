@@ -13,6 +13,7 @@ from grader.worker import Job, grade_one
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 STUDENTS = ("sample-full", "sample-blank", "sample-partial", "sample-stripped")
+ONE_LAB = "lab02-cam"  # the runs of a single lab use one that grades quickly (no endless loop in its partial sample)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_serial_dask_cluster_and_resume_agree(graded, tmp_path):
     """One lab three ways: in this process, on a Dask cluster given by its address, and resumed after
     two results were lost — always the grades of the two-worker run."""
     _, rows = graded
-    lab = next(iter(EXPECTED))
+    lab = ONE_LAB
     subs = subset(tmp_path, [lab])
     serial = grade(subs, workspace=tmp_path / "serial")
     from dask.distributed import LocalCluster
@@ -157,7 +158,7 @@ def test_an_endless_loop_still_fails_quickly(tmp_path):
 def test_bad_input_is_recorded_and_the_rest_graded_the_same(graded, tmp_path):
     """A second run — on a full sample beside an unreadable and a missing notebook — gives the same grade."""
     _, rows = graded
-    lab = next(iter(EXPECTED))
+    lab = ONE_LAB
     subs = tmp_path / "submissions"
     shutil.copytree(SAMPLES / "sample-full" / lab, subs / "full-again" / lab)
     (subs / "garbled" / lab).mkdir(parents=True)
@@ -174,7 +175,7 @@ def test_bad_input_is_recorded_and_the_rest_graded_the_same(graded, tmp_path):
 def test_worker_grades_a_job_without_the_driver(graded, tmp_path):
     """A worker needs only the job and the course template (what a Dask worker on another machine gets)."""
     workspace, rows = graded
-    lab = next(iter(EXPECTED))
+    lab = ONE_LAB
     from grader.grade import Template
 
     name = next((SAMPLES / "sample-full" / lab).glob("*.ipynb")).name

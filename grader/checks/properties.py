@@ -46,7 +46,7 @@ def check_no_side_effects(task: str, facts: dict) -> None:
                               "change no weights, and use torch.autograd.grad so no .grad accumulates.")
 
 
-def batch_equals_single(task: str, rtol=1e-4, atol=1e-5, row_kwargs=("inputs", "target")):
+def batch_equals_single(task: str, rtol=1e-4, atol=1e-5, row_kwargs=("inputs", "target"), scale_atol=0.0):
     """Explaining a batch gives the same rows as explaining each example alone."""
 
     def prop(fn, case: Case) -> None:
@@ -61,7 +61,7 @@ def batch_equals_single(task: str, rtol=1e-4, atol=1e-5, row_kwargs=("inputs", "
             row = as_tensor(fn(**single), task)
             assert_close(batched[i:i + 1], row, f"{task}: row {i} of the batch vs example {i} alone "
                          f"({case.description})", rtol, atol,
-                         "Each example must be explained for its own target, independently of the others.")
+                         "Each example must be explained for its own target, independently of the others.", scale_atol)
 
     return prop
 
