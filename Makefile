@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(BIN)/python
 
-.PHONY: help venv grade test labs samples models bench mutation release colab-check clean
+.PHONY: help venv grade test test-slow labs samples models bench mutation release colab-check clean
 
 help:
 	@echo "make grade    autograde the sample submissions (or SUBMISSIONS=dir) and print the grade table"
 	@echo "make test     run the test suite (notebooks, checks, mutants, grading)"
+	@echo "make test-slow  the end-to-end sweeps: the adversarial corpus, every lab from the installed wheel"
 	@echo "make labs     regenerate the student notebooks labs/ from solutions/"
 	@echo "make samples  rebuild the sample submissions in grader/samples/"
 	@echo "make models   retrain every course checkpoint into data/ (deterministic, ~10 min)"
@@ -40,7 +41,10 @@ grade: $(STAMP)
 	$(RUN) -m grader grade $(SUBMISSIONS) --jobs $(JOBS)
 
 test: $(STAMP)
-	$(RUN) -m pytest -q
+	$(RUN) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(RUN) -m pytest -q -m slow
 
 labs: $(STAMP)
 	$(RUN) -m grader release

@@ -16,6 +16,8 @@ import pytest
 from grader.adversarial import BG_MARKER, CORPUS, LAB, marker
 from grader.grade import REPO, grade, table
 
+pytestmark = pytest.mark.slow  # 34 notebooks graded end to end: make test-slow
+
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
 PROTECTED = ["grader", "solutions", "xailab", "data", "labs"]
 

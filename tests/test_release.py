@@ -218,6 +218,7 @@ assert str(xailab.assets.data_dir()).startswith(os.environ["WHEEL_TARGET"]), xai
 """
 
 
+@pytest.mark.slow  # every lab end to end: make test-slow
 def test_installed_wheel_runs_every_lab_outside_the_repository(bundle, tmp_path):
     _, summary = bundle
     target = tmp_path / "site-packages"
