@@ -78,10 +78,24 @@ reference_check("lab01.vanilla_gradient.transformer", "vanilla_gradient",
                 "matches the reference gradient w.r.t. a transformer's input embeddings",
                 transformer_cases, ref.vanilla_gradient, rtol=1e-3, atol=1e-5)
 
+def gradient_of_linear_is_w(fn, case: Case) -> None:
+    """A property only a real gradient has (a constant map would pass the others): for f(x) = Wx + b
+    the gradient of class 1 is W[1], for every example."""
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(6, 3).eval()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(3, 6, generator=g))
+    x = torch.randn(3, 6, generator=g)
+    assert_close(fn(model=lin, inputs=x, target=1), lin.weight[1].detach().expand(3, 6),
+                 "vanilla_gradient on a linear model, class 1", 1e-5, 1e-6,
+                 "For f(x) = Wx + b the gradient of class 1 is exactly W[1], whatever x.")
+
+
 property_check("lab01.vanilla_gradient.properties", "vanilla_gradient",
-               "batch = per example; model and inputs untouched; repeatable",
+               "batch = per example; model and inputs untouched; repeatable; exact on a linear model",
                lambda: cnn_cases()[:1] + transformer_cases()[:1],
-               all_of(side_effect_free("vanilla_gradient"), batch_equals_single("vanilla_gradient", 1e-3, 1e-5)))
+               all_of(gradient_of_linear_is_w, side_effect_free("vanilla_gradient"),
+                      batch_equals_single("vanilla_gradient", 1e-3, 1e-5)))
 
 # ------------------------------------------------------------------ gradient × input
 
