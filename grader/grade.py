@@ -214,7 +214,8 @@ def grade(submissions: Path = SAMPLES, labs: list[str] | None = None,
     log = workspace / "nbgrader.log"
     names = {lab: sorted(p.name for p in (SOLUTIONS / lab).glob("*.ipynb")) for lab in labs or known}
     shutil.rmtree(workspace / "incoming", ignore_errors=True)
-    found = find(submissions, names, workspace / "incoming")
+    others = {lab: sorted(p.name for p in (SOLUTIONS / lab).glob("*.ipynb")) for lab in known if lab not in names}
+    found = find(submissions, names, workspace / "incoming", others)
     release_names = {lab: names[lab] for lab in sorted({lab for _, lab in found.submissions})}
     for lab in release_names:
         if not (workspace / "release" / lab).is_dir():

@@ -52,9 +52,12 @@ def _extract(archive: Path, into: Path) -> str | None:
     return None
 
 
-def find(folder: Path, release: dict[str, list[str]], scratch: Path) -> Found:
-    """Submissions in `folder` for the labs in `release` (lab → its notebook file names)."""
+def find(folder: Path, release: dict[str, list[str]], scratch: Path,
+         unselected: dict[str, list[str]] | None = None) -> Found:
+    """Submissions in `folder` for the labs in `release` (lab → its notebook file names). Notebooks of
+    the course's `unselected` labs (same form; not asked for with --labs) are passed over in silence."""
     found = Found()
+    skip = {_stem(name) for names in (unselected or {}).values() for name in names} | set(unselected or {})
     if not folder.is_dir():
         found.problems.append(f"{folder} is not a folder of submissions")
         return found
@@ -89,11 +92,12 @@ def find(folder: Path, release: dict[str, list[str]], scratch: Path) -> Found:
                                   f"graded {sources[student].name}")
             continue
         sources[student] = entry
-        _student(found, student, root, release, by_notebook)
+        _student(found, student, root, release, by_notebook, skip)
     return found
 
 
-def _student(found: Found, student: str, root: Path, release: dict[str, list[str]], by_notebook: dict) -> None:
+def _student(found: Found, student: str, root: Path, release: dict[str, list[str]], by_notebook: dict,
+             skip: set[str]) -> None:
     notebooks = [p for p in root.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts]
     for lab in release:  # a lab folder, even an empty one, is a submission (graded 0, noted)
         if (root / lab).is_dir():
@@ -108,6 +112,8 @@ def _student(found: Found, student: str, root: Path, release: dict[str, list[str
         lab = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in release else None
         guess = by_notebook.get(_stem(path.name))
         if lab is None and guess is None:
+            if rel.parts[0] in skip or _stem(path.name) in skip:
+                continue  # a lab of the course that this run does not grade
             found.problems.append(f"student {student!r}: {rel} matches no lab of this course (not graded)")
             continue
         lab = lab or guess[0]

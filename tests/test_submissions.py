@@ -62,6 +62,17 @@ def test_every_unused_file_is_named(tmp_path):
     assert set(found.submissions) == {("hal", LAB)}
 
 
+def test_labs_left_out_with_the_labs_option_are_not_problems(tmp_path):
+    put(tmp_path / "in" / "jo" / LAB / "lab01.ipynb")
+    put(tmp_path / "in" / "jo" / "lab02-cam" / "lab02.ipynb")
+    put(tmp_path / "in" / "kim" / "lab02.ipynb")  # no lab folder
+    put(tmp_path / "in" / "kim" / "lab99.ipynb")
+    only_lab01 = {LAB: RELEASE[LAB]}
+    found = find(tmp_path / "in", only_lab01, tmp_path / "scratch", {"lab02-cam": RELEASE["lab02-cam"]})
+    assert set(found.submissions) == {("jo", LAB)}
+    assert found.problems == ["student 'kim': lab99.ipynb matches no lab of this course (not graded)"]
+
+
 def test_empty_lab_folder_is_a_submission_graded_zero(tmp_path):
     (tmp_path / "in" / "ivy" / LAB).mkdir(parents=True)
     found = find(tmp_path / "in", RELEASE, tmp_path / "scratch")

@@ -405,19 +405,20 @@ def pointing_examples():
 
 def energy_examples():
     h, w = 6, 8
-    masks = torch.zeros(5, h, w, dtype=torch.bool)
+    masks = torch.zeros(6, h, w, dtype=torch.bool)
     masks[:, 1:3, 2:6] = True                          # 8 of 48 pixels
-    maps = torch.ones(5, h, w)                         # 0: uniform → area fraction 8/48
+    maps = torch.ones(6, h, w)                         # 0: uniform → area fraction 8/48
     maps[1] = masks[1].float() * 3.0                   # 1: all energy inside → 1
     maps[2] = -1.0                                     # 2: negative outside, 2 inside → 1
     maps[2][masks[2]] = 2.0
     maps[3] = 1.0                                      # 3: half the inside is −4 → 4 / (4 + 40)
     maps[3][1, 2:6] = -4.0
     maps[4] = -1.0                                     # 4: no positive energy at all → 0
-    expected = torch.tensor([8 / 48, 1.0, 1.0, 4 / 44, 0.0], dtype=torch.float64)
+    maps[5] = 1e-3                                     # 5: tiny total energy (0.048) is still energy → 8/48
+    expected = torch.tensor([8 / 48, 1.0, 1.0, 4 / 44, 0.0, 8 / 48], dtype=torch.float64)
     notes = ["a uniform map scores the mask's area fraction", "a map that is zero outside the mask scores 1",
              "negative values outside the mask carry no energy", "negative values inside the mask carry no energy",
-             "a map with no positive values scores 0"]
+             "a map with no positive values scores 0", "a map whose total energy is below 1 is not special"]
     return maps, masks, expected, notes
 
 
