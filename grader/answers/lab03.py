@@ -109,7 +109,8 @@ def expected_integrated_gradients(model, inputs, target, n_baselines=8, n_steps=
 
 
 def token_baseline(input_ids, attention_mask, tokenizer):
-    """[CLS] [PAD] … [SEP] [PAD]…: real tokens become [PAD]; [CLS], [SEP] and padding stay."""
+    """[CLS] [PAD] … [SEP] [PAD]…: real tokens become [PAD]; [CLS], [SEP] and padding
+    (attention_mask 0) stay."""
     keep = (attention_mask == 0) | (input_ids == tokenizer.cls_token_id) | (input_ids == tokenizer.sep_token_id)
     return torch.where(keep, input_ids, torch.full_like(input_ids, tokenizer.pad_token_id))
 

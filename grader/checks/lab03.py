@@ -13,7 +13,7 @@ from torch import nn
 from grader.answers import lab03 as ref
 from grader.checks import (Case, CheckFailed, all_of, as_tensor, assert_close, copy_kwargs, prepared_check,
                            property_check, reference_check)
-from grader.checks.properties import batch_equals_single, count_forward, side_effect_free
+from grader.checks.properties import batch_equals_single, count_forward, rejects, side_effect_free
 from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, mnist_batch, model, text_batch
 from xailab.datasets.photos import load_photo
 
@@ -114,6 +114,8 @@ def quadratic_cases() -> list[Case]:
 
 def rule_values(fn, case: Case) -> None:
     n, rule = case.kwargs["n_steps"], case.kwargs["rule"]
+    if rule not in RULES:
+        return rejects("riemann_rule")(fn, case)
     result = fn(n, rule)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise CheckFailed(f"riemann_rule should return a pair (alphas, weights), got {type(result).__name__}.")
@@ -126,8 +128,9 @@ def rule_values(fn, case: Case) -> None:
 
 
 property_check("lab03.riemann_rule.values", "riemann_rule",
-               "alphas and weights of the four rules for n = 1, 3, 8",
-               lambda: [Case(f"{rule}, n = {n}", dict(n_steps=n, rule=rule)) for rule in RULES for n in (1, 3, 8)],
+               "alphas and weights of the four rules for n = 1, 3, 8; any other rule is a ValueError",
+               lambda: [Case(f"{rule}, n = {n}", dict(n_steps=n, rule=rule)) for rule in RULES for n in (1, 3, 8)]
+               + [Case("an unknown rule, 'simpson'", dict(n_steps=4, rule="simpson"))],
                rule_values)
 
 # ------------------------------------------------------------------ integrated_gradients
@@ -224,6 +227,12 @@ def batched_and_chunked(fn, case: Case) -> None:
     if calls > 3:
         raise CheckFailed(f"integrated_gradients made {calls} forward passes for 8 steps of 4 inputs "
                           "with batch_size=16: put several steps into each pass instead of looping over steps.")
+    b = len(kw["inputs"])
+    _, calls, rows = count_forward(fn, dict(kw, n_steps=3, batch_size=b // 2))
+    if rows > b:
+        raise CheckFailed(f"integrated_gradients fed {rows} rows to the model at once with batch_size={b // 2} "
+                          f"for {b} inputs: when batch_size < B, each pass takes max(1, batch_size // B) = 1 step, "
+                          f"i.e. {b} rows.")
     one = fn(**dict(kw, n_steps=6, batch_size=4))
     many = fn(**dict(kw, n_steps=6, batch_size=1000))
     assert_close(one, many, f"integrated_gradients with batch_size=4 vs 1000 on {case.description}", 1e-4, 1e-6,
@@ -325,6 +334,8 @@ reference_check("lab03.make_baseline.black_blur", "make_baseline",
 
 
 def uniform_reproducible(fn, case: Case) -> None:
+    if "kind" in case.kwargs:
+        return rejects("make_baseline")(fn, case)
     x = case.kwargs["inputs"]
     original = x.clone()
     draws = []
@@ -343,9 +354,11 @@ def uniform_reproducible(fn, case: Case) -> None:
 
 
 property_check("lab03.make_baseline.uniform", "make_baseline",
-               "uniform noise reproducible from a seeded generator",
+               "uniform noise reproducible from a seeded generator; any other kind is a ValueError",
                lambda: [Case("4 MNIST digits", dict(inputs=cnn_cases()[0].kwargs["inputs"])),
-                        Case("a (2, 3, 8, 8) batch", dict(inputs=torch.zeros(2, 3, 8, 8)))],
+                        Case("a (2, 3, 8, 8) batch", dict(inputs=torch.zeros(2, 3, 8, 8))),
+                        Case("an unknown kind, 'checkerboard'", dict(inputs=torch.zeros(2, 3, 8, 8),
+                                                                     kind="checkerboard"))],
                uniform_reproducible)
 
 # ------------------------------------------------------------------ expected_integrated_gradients
@@ -390,14 +403,18 @@ def token_baseline_cases() -> list[Case]:
         batch = text_batch("tiny-bert-sentiment", *(() if sentences is None else (sentences,)))
         cases.append(Case(f"{batch['input_ids'].shape[0]} padded sentences",
                           dict(**batch, tokenizer=model("tiny-bert-sentiment").tokenizer)))
+    masked = dict(cases[0].kwargs, attention_mask=cases[0].kwargs["attention_mask"].clone())
+    masked["attention_mask"][0, 2] = 0
+    cases.append(Case("padded sentences where the attention mask also hides a real token (it stays, like padding)",
+                      masked))
     return cases
 
 
 reference_check("lab03.token_baseline.reference", "token_baseline",
                 "[CLS] [PAD]… [SEP] with padding kept, on padded batches",
                 token_baseline_cases, ref.token_baseline, rtol=0, atol=0,
-                hint="Replace only real tokens by tokenizer.pad_token_id; keep [CLS], [SEP] and padding where "
-                     "they are (the [SEP] of a short sentence is not in the last column).")
+                hint="Replace only real tokens by tokenizer.pad_token_id; keep [CLS], [SEP] and padding (every position "
+                     "where attention_mask is 0) where they are (the [SEP] of a short sentence is not in the last column).")
 
 # ------------------------------------------------------------------ token_integrated_gradients
 
