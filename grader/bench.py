@@ -1,6 +1,6 @@
 """Benchmark: notebooks end to end, grading per submission, and grading a class on one and two workers.
 
-    python -m grader.bench [--skip-notebooks] [--class-size 40]   (make bench)  → build/benchmark.json
+    python -m grader.bench [--skip-notebooks] [--skip-samples] [--class-size 40]   (make bench)  → build/benchmark.json
 
 * every solution notebook end to end (experiments included) and its slowest cell;
 * the grading of each sample submission (a real, sandboxed nbgrader run) with its cost breakdown:
@@ -142,6 +142,7 @@ def speedup(report: dict, size: int, root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m grader.bench")
     parser.add_argument("--skip-notebooks", action="store_true")
+    parser.add_argument("--skip-samples", action="store_true", help="do not grade the samples one by one")
     parser.add_argument("--class-size", type=int, default=40)
     args = parser.parse_args()
     out = REPO / "build" / "benchmark.json"
@@ -153,7 +154,8 @@ def main() -> None:
     if not args.skip_notebooks:
         notebooks(report)
     with tempfile.TemporaryDirectory(prefix="xailab-bench-") as tmp:
-        samples(report, Path(tmp) / "samples")
+        if not args.skip_samples:
+            samples(report, Path(tmp) / "samples")
         if args.class_size:
             speedup(report, args.class_size, Path(tmp))
     report["ig_reference_over_captum"] = round(ig_speed_ratio(), 2)

@@ -46,6 +46,7 @@ class Case:
     description: str
     kwargs: dict[str, Any]
     index: int = 0  # position within its check (set by setup)
+    raises: str | None = None  # an input the docstring calls invalid: the function must raise this error
 
 
 @contextlib.contextmanager
@@ -117,7 +118,22 @@ class Check:
 
     def run(self, student: Student, cases: list[Case]) -> None:
         for case in cases:
-            self.compare(student, case)
+            if case.raises:
+                expect_error(student, case, self.task)
+            else:
+                self.compare(student, case)
+
+
+def expect_error(fn: Student, case: Case, task: str) -> None:
+    """The call with the case's (invalid) arguments raises `case.raises`: not another error, not a result."""
+    try:
+        fn.call(case.kwargs)
+    except StudentError as err:
+        if err.kind == case.raises:
+            return
+        raise CheckFailed(f"{task} on {case.description} raised {err}; the docstring asks for a {case.raises}.") from None
+    raise CheckFailed(f"{task} accepted {case.description} and returned a result; the docstring asks for a "
+                      f"{case.raises} (raise {case.raises}(...) with a message that names the valid choices).")
 
 
 REGISTRY: dict[str, Check] = {}
@@ -233,6 +249,8 @@ def prepared_check(name: str, task: str, message: str, inputs: Callable[[], list
 
     def prepare(cases: list[Case]) -> None:
         for case in cases:
+            if case.raises:
+                continue
             torch.manual_seed(0)
             cache[case.index] = expected(case)
 

@@ -87,6 +87,25 @@ def weighted_cases() -> list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]:
     return cases
 
 
+def zero_preactivation_case() -> Case:
+    """A Linear(2, 1) whose pre-activation is exactly 0: the stabiliser's sign(0) = +1 decides the signs."""
+    lin = nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        lin.bias.zero_()
+    return Case("a Linear(2, 1) whose pre-activation is exactly 0 (sign(0) = +1), rule='epsilon' eps=0.25",
+                dict(layer=lin, a=torch.ones(1, 2), R=torch.ones(1, 1), rule="epsilon", eps=0.25))
+
+
+def invalid_cases() -> list[Case]:
+    lin = _randomise(nn.Linear(6, 3), torch.Generator().manual_seed(13))
+    a, R = torch.rand(2, 6), torch.rand(2, 3)
+    return [Case("an unknown rule, 'alpha2beta1', on a Linear layer", dict(layer=lin, a=a, R=R, rule="alpha2beta1"),
+                 raises="ValueError"),
+            Case("nn.Sigmoid, a layer without an LRP rule", dict(layer=nn.Sigmoid(), a=a, R=a.clone()),
+                 raises="TypeError")]
+
+
 def rule_cases(rule: str, **params) -> list[Case]:
     return [Case(f"{d}, rule={rule!r} {params or ''}".strip(), dict(layer=layer, a=a, R=R, rule=rule, **params))
             for d, layer, a, R in weighted_cases()]
@@ -197,7 +216,8 @@ WEIGHTED_HINT = ("Gradient trick: z = layer'(a) (modified weights and bias), s =
 
 reference_check("lab04.lrp_layer.epsilon", "lrp_layer",
                 "LRP-0 and the ε rule match the reference on Linear and Conv2d layers",
-                lambda: rule_cases("zero") + rule_cases("epsilon", eps=0.25) + rule_cases("epsilon", eps=1.0)[:2],
+                lambda: rule_cases("zero") + rule_cases("epsilon", eps=0.25) + rule_cases("epsilon", eps=1.0)[:2]
+                + [zero_preactivation_case()],
                 ref.lrp_layer, rtol=1e-3, atol=1e-5, scale_atol=SCALE_ATOL,
                 hint=WEIGHTED_HINT + " The ε rule adds ε with the sign of z; LRP-0 adds only 1e-9; the bias is part of z.")
 
@@ -218,8 +238,9 @@ reference_check("lab04.lrp_layer.zbox", "lrp_layer",
                 hint="zB: z = W·a − W⁺·low − W⁻·high (no bias); R_in = a⊙(Wᵀs) − low⊙(W⁺ᵀs) − high⊙(W⁻ᵀs).")
 
 reference_check("lab04.lrp_layer.other_layers", "lrp_layer",
-                "ReLU, Flatten, max pooling and average pooling redistribute as specified",
-                other_layer_cases, ref.lrp_layer, rtol=1e-4, atol=1e-6,
+                "ReLU, Flatten, max pooling and average pooling redistribute as specified; an unknown rule is a "
+                "ValueError, a layer without a rule a TypeError",
+                lambda: other_layer_cases() + invalid_cases(), ref.lrp_layer, rtol=1e-4, atol=1e-6,
                 hint="ReLU passes R through; Flatten reshapes it to a's shape; max pooling gives each window's "
                      "relevance to its maximum; average pooling splits it in proportion to the inputs (the gradient "
                      "trick on the pool, δ = 1e-9). Pooling layers ignore `rule`.")
@@ -479,28 +500,51 @@ property_check("lab04.merge_batchnorm.properties", "merge_batchnorm",
                merge_cases, all_of(merged_outputs, merge_untouched))
 
 
+def nested_bn_cnn() -> nn.Module:
+    """Blocks inside blocks, a BatchNorm after a ReLU (nothing to merge into) and one after a conv."""
+    g = torch.Generator().manual_seed(5)
+    bns = [nn.BatchNorm2d(4), nn.BatchNorm2d(4), nn.BatchNorm2d(6)]
+    for bn in bns:
+        _random_stats(bn, g, var=(0.5, 1.5))
+    block = _sequential(22, nn.Conv2d(1, 4, 5, stride=2), bns[0], nn.ReLU())
+    model_ = nn.Sequential(block, bns[1], _sequential(23, nn.Conv2d(4, 6, 3, stride=2), bns[2], nn.ReLU()),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), _sequential(24, nn.Linear(6, 10)))
+    return model_.eval()
+
+
 def canonize_case() -> list[Case]:
     x, _ = mnist_batch(4)
-    return [Case("mnist-cnn's layers with a BatchNorm after every conv and the classifier", dict(model=bn_cnn(), inputs=x))]
+    return [Case("mnist-cnn's layers with a BatchNorm after every conv and the classifier", dict(model=bn_cnn(), inputs=x)),
+            Case("nested blocks, with a BatchNorm after a ReLU (it stays: there is no layer to merge it into)",
+                 dict(model=nested_bn_cnn(), inputs=x))]
 
 
 def _canonized_on(out, kwargs, x):
-    """Runs in the notebook: BatchNorm layers left in the returned model, and its output on x."""
+    """Runs in the notebook: BatchNorm layers left in the returned model, layers shared with the original
+    (not copies), and its output on x."""
     if not isinstance(out, nn.Module):
-        return type(out).__name__, 0, None
+        return type(out).__name__, 0, 0, None
     with torch.no_grad():
         left = sum(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in out.modules())
-        return "Module", left, out.eval()(x)
+        originals = {id(m) for m in kwargs["model"].modules()}
+        shared = sum(id(m) in originals for m in out.modules())
+        return "Module", left, shared, out.eval()(x)
 
 
 def canonized(fn, case: Case) -> None:
     m, x = case.kwargs["model"], case.kwargs["inputs"]
-    reply = fn.call({}, args=(m,), post=functools.partial(_canonized_on, x=x), observe=True)
-    kind, left, actual = reply.output
+    reply = fn.call({"model": m}, post=functools.partial(_canonized_on, x=x), observe=True)
+    kind, left, shared, actual = reply.output
     if kind != "Module":
         raise CheckFailed(f"canonize should return an nn.Module, got {kind}.")
-    if left:
-        raise CheckFailed("canonize left BatchNorm layers in the model: merge each into the layer before it.")
+    expected_left = sum(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in ref.canonize(m).modules())
+    if left != expected_left:
+        raise CheckFailed(f"canonize left {left} BatchNorm layers in the model on {case.description}; expected "
+                          f"{expected_left}: merge each BatchNorm that directly follows a Conv2d or Linear (in the "
+                          "order of leaf_layers(model)) into that layer, and keep the others.")
+    if shared:
+        raise CheckFailed(f"canonize returned {shared} of the model's own modules: the new model must hold copies, "
+                          "so that changing one model never changes the other.")
     try:
         check_no_side_effects("canonize", reply.facts)
     except CheckFailed:

@@ -119,19 +119,3 @@ def no_hooks_left_on_error(task: str, failing):
 
     return prop
 
-
-def rejects(task: str, error: str = "ValueError"):
-    """An input the docstring calls invalid (the case's arguments) raises `error`: not another
-    exception, and not a result."""
-
-    def prop(fn, case: Case) -> None:
-        try:
-            fn.call(case.kwargs)
-        except StudentError as err:
-            if err.kind == error:
-                return
-            raise CheckFailed(f"{task} on {case.description} raised {err}; the docstring asks for a {error}.") from None
-        raise CheckFailed(f"{task} accepted {case.description} and returned a result; the docstring asks for a "
-                          f"{error} (raise {error}(...) with a message that names the valid choices).")
-
-    return prop

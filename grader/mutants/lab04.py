@@ -350,8 +350,9 @@ MUTANTS = {
 
 # The "partly wrong" sample submission: realistic student cells with planted bugs.
 PARTIAL_SAMPLE = {
-    # ε added without the sign of z, and every layer assumed to have a bias: loses the LRP-0/ε test and the
-    # properties test (a conv without bias); lrp and conservation are graded with the reference lrp_layer.
+    # ε added without the sign of z, every layer assumed to have a bias, no error for an unknown rule or
+    # layer: loses the LRP-0/ε, other-layers and properties tests (a conv without bias); lrp and
+    # conservation are graded with the reference lrp_layer.
     "lrp_layer": '''def lrp_layer(layer, a, R, rule="epsilon", eps=0.25, gamma=0.25, low=0.0, high=1.0):
     a = a.detach()
     if isinstance(layer, nn.ReLU):
