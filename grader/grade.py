@@ -212,9 +212,10 @@ def grade(submissions: Path = SAMPLES, labs: list[str] | None = None,
     workspace.mkdir(parents=True, exist_ok=True)
     write_config(workspace)
     log = workspace / "nbgrader.log"
-    names = {lab: sorted(p.name for p in (SOLUTIONS / lab).glob("*.ipynb")) for lab in labs or known}
+    course = {lab: sorted(p.name for p in (SOLUTIONS / lab).glob("*.ipynb")) for lab in known}
+    names = {lab: course[lab] for lab in labs or known}
     shutil.rmtree(workspace / "incoming", ignore_errors=True)
-    others = {lab: sorted(p.name for p in (SOLUTIONS / lab).glob("*.ipynb")) for lab in known if lab not in names}
+    others = {lab: files for lab, files in course.items() if lab not in names}
     found = find(submissions, names, workspace / "incoming", others)
     release_names = {lab: names[lab] for lab in sorted({lab for _, lab in found.submissions})}
     for lab in release_names:

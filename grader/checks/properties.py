@@ -118,4 +118,3 @@ def no_hooks_left_on_error(task: str, failing):
                                   "model inside try: … finally: that removes them.")
 
     return prop
-
