@@ -43,7 +43,7 @@ grade: $(STAMP)
 	$(RUN) -m grader grade $(SUBMISSIONS) --jobs $(JOBS)
 
 test: $(STAMP)
-	$(RUN) -m pytest -q -m "not slow"
+	$(RUN) -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(RUN) -m pytest -q -m slow

@@ -33,5 +33,8 @@ if args.cmd == "grade":
     print(f"\nfeedback: {args.workspace / 'feedback'}   grades: {args.workspace / 'grades.csv'}")
     print(rows.report)
 else:
+    unknown = [lab for lab in args.labs or [] if lab not in all_labs()]
+    if unknown:
+        sys.exit(f"unknown lab {', '.join(map(repr, unknown))}: the labs are {', '.join(all_labs())}")
     release(args.out, args.labs)
     print(f"released {', '.join(args.labs or all_labs())} into {args.out}")

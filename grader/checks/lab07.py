@@ -19,7 +19,8 @@ from torch import nn
 from grader.answers import lab07 as ref
 from grader.checks import (Case, CheckFailed, all_of, as_tensor, assert_close, copy_kwargs, prepared_check,
                            property_check, reference_check)
-from grader.checks.properties import batch_equals_single, check_no_side_effects, count_forward, side_effect_free
+from grader.checks.properties import (batch_equals_single, check_no_side_effects, count_forward,
+                                       no_hooks_left_on_error, side_effect_free)
 from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, model
 
 MIN_COS = 0.99  # any solver that converges finds the same CAV: cosine ≥ 0.99 is a fair demand
@@ -152,6 +153,69 @@ def lexicon(n: int, seed: int, label: int | None = None) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------ layer activations
 
+class TupleBlock(nn.Module):
+    """A layer that returns a tuple (hidden, extra), as transformer blocks of older libraries do."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return h, h.sum()
+
+
+class TupleNet(nn.Module):
+    def __init__(self, d: int = 6, classes: int = 3):
+        super().__init__()
+        self.block = TupleBlock(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.head(self.block(x)[0] * 2.0)
+
+
+def toy_models():
+    g = torch.Generator().manual_seed(11)
+    linear = nn.Sequential(nn.Flatten(), nn.Identity(), nn.Linear(12, 3)).eval()
+    tuple_net = TupleNet().eval()
+    with torch.no_grad():
+        for p in list(linear.parameters()) + list(tuple_net.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g))
+    return linear, tuple_net, g
+
+
+
+class TupleTextModel(nn.Module):
+    """A text classifier whose block returns a tuple and whose head averages EVERY position, padding
+    included: the gradient reaches the padded positions, so only the attention mask can exclude them."""
+
+    def __init__(self, vocab: int = 40, d: int = 6, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.block = TupleBlock(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(self.block(self.embed(input_ids))[0].mean(1))
+
+
+def toy_text_batch() -> dict[str, torch.Tensor]:
+    """Three token sequences of lengths 5, 3 and 4 padded to 5 (pad id 0), with their attention mask."""
+    ids = torch.tensor([[2, 17, 5, 33, 3], [2, 9, 3, 0, 0], [2, 21, 12, 3, 0]])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+def toy_text_model() -> TupleTextModel:
+    g = torch.Generator().manual_seed(17)
+    m = TupleTextModel().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return m
+
+
+
 
 def activation_cases() -> list[Case]:
     cnn = model("concept-cnn")
@@ -159,6 +223,7 @@ def activation_cases() -> list[Case]:
     tiny = model("tiny-bert-sentiment")
     with torch.no_grad():
         embeds = tiny.get_input_embeddings()(text_batch("tiny-bert-sentiment", EQUAL_LENGTH)["input_ids"])
+    tuple_net = toy_models()[1]
     return [
         Case("concept-cnn, features[8] (64×8×8), 10 concept images, batch_size=4",
              dict(model=cnn, layer=cnn.features[8], inputs=concept_images("random", 10, 201), batch_size=4)),
@@ -168,6 +233,9 @@ def activation_cases() -> list[Case]:
              dict(model=mnist, layer=mnist.features[5], inputs=digits("clean", 10, 7), batch_size=3)),
         Case("tiny-bert-sentiment via its input embeddings, transformer block 0 (7 tokens × 64), 4 sentences",
              dict(model=EmbeddingInput(tiny).eval(), layer=encoder_layer("tiny-bert-sentiment", 0), inputs=embeds)),
+        Case("a layer that returns a tuple (hidden, extra): 5 inputs of 6 values, batch_size=2",
+             dict(model=tuple_net, layer=tuple_net.block,
+                  inputs=torch.randn(5, 6, generator=torch.Generator().manual_seed(14)), batch_size=2)),
     ]
 
 
@@ -187,10 +255,16 @@ def activations_batched(fn, case: Case) -> None:
                           f"batch_size=4: expected {math.ceil(n / 4)} passes of at most 4 inputs each.")
 
 
+def extra_dim(case: Case) -> dict:
+    """The case's arguments with a trailing dimension of size 1 added to the inputs: the model fails."""
+    return dict(case.kwargs, inputs=case.kwargs["inputs"].unsqueeze(-1).clone())
+
+
 property_check("lab07.layer_activations.properties", "layer_activations",
-               "batches of batch_size inputs; hooks removed; model and inputs untouched; no gradients kept",
-               lambda: activation_cases()[:1] + activation_cases()[3:],
-               all_of(activations_batched, side_effect_free("layer_activations")))
+               "batches of batch_size inputs; hooks removed (also when the model fails); model and inputs untouched",
+               lambda: activation_cases()[:1] + activation_cases()[3:4],
+               all_of(activations_batched, side_effect_free("layer_activations"),
+                      no_hooks_left_on_error("layer_activations", extra_dim)))
 
 
 # ------------------------------------------------------------------ train_cav and mean_cav
@@ -414,38 +488,6 @@ reference_check("lab07.directional_derivatives.transformer", "directional_deriva
                 dd_transformer_cases, ref.directional_derivatives, rtol=1e-3, atol=1e-6, hint=DD_HINT)
 
 
-class TupleBlock(nn.Module):
-    """A layer that returns a tuple (hidden, extra), as transformer blocks of older libraries do."""
-
-    def __init__(self, d: int):
-        super().__init__()
-        self.lin = nn.Linear(d, d)
-
-    def forward(self, x):
-        h = torch.tanh(self.lin(x))
-        return h, h.sum()
-
-
-class TupleNet(nn.Module):
-    def __init__(self, d: int = 6, classes: int = 3):
-        super().__init__()
-        self.block = TupleBlock(d)
-        self.head = nn.Linear(d, classes)
-
-    def forward(self, x):
-        return self.head(self.block(x)[0] * 2.0)
-
-
-def toy_models():
-    g = torch.Generator().manual_seed(11)
-    linear = nn.Sequential(nn.Flatten(), nn.Identity(), nn.Linear(12, 3)).eval()
-    tuple_net = TupleNet().eval()
-    with torch.no_grad():
-        for p in list(linear.parameters()) + list(tuple_net.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g))
-    return linear, tuple_net, g
-
-
 def dd_exact(fn, case: Case) -> None:
     linear, tuple_net, g = toy_models()
     x = torch.randn(4, 3, 4, generator=g)
@@ -468,7 +510,8 @@ property_check("lab07.directional_derivatives.properties", "directional_derivati
                "exact on linear heads and tuple outputs; batch = per example; hooks removed; model and inputs untouched",
                lambda: dd_cnn_cases()[:1],
                all_of(dd_exact, side_effect_free("directional_derivatives"),
-                      batch_equals_single("directional_derivatives", 1e-3, 1e-6)))
+                      batch_equals_single("directional_derivatives", 1e-3, 1e-6),
+                      no_hooks_left_on_error("directional_derivatives", extra_dim)))
 
 
 # ------------------------------------------------------------------ TCAV score
@@ -599,6 +642,8 @@ def significance_cases() -> list[Case]:
              dict(concept_scores=torch.ones(6), random_scores=torch.ones(9), alpha=0.05, n_tests=1)),
         Case("both samples constant but different (all 1.0 vs all 0.0)",
              dict(concept_scores=torch.ones(5), random_scores=torch.zeros(7), alpha=0.05, n_tests=3)),
+        Case("both samples constant and equal, alpha=1.0 (p = 1 is not < 1: not significant)",
+             dict(concept_scores=torch.ones(4), random_scores=torch.ones(5), alpha=1.0, n_tests=1)),
     ]
 
 
@@ -650,7 +695,41 @@ def text_cases(kind: str) -> list[Case]:
                 kw.update(target=1, cav=unit_rows(1, hidden, 40 + index)[0])
                 what += ", positive class, one CAV"
         cases.append(Case(what, kw))
+    toy = toy_text_model()
+    for pooling in ("cls", "mean"):
+        kw = dict(model=toy, layer=toy.block, **toy_text_batch(), pooling=pooling)
+        what = (f"a toy text model whose block returns a tuple and whose head averages every position (padding "
+                f"too), {pooling} pooling, 3 padded sequences")
+        if kind == "dd":
+            kw.update(target=torch.tensor([0, 2, 1]), cav=unit_rows(2, 6, 60))
+            what += ", per-example targets, 2 CAVs stacked"
+        cases.append(Case(what, kw))
+    bad = dict(cases[-1].kwargs, pooling="max")
+    cases.append(Case("pooling='max' (only 'cls' and 'mean' exist)", bad, raises="ValueError"))
     return cases
+
+
+def bad_token(case: Case) -> dict:
+    """The case's arguments with a token id past the vocabulary: the embedding fails inside the model."""
+    ids = case.kwargs["input_ids"].clone()
+    ids[0, 1] = 10 ** 6
+    return dict(case.kwargs, input_ids=ids)
+
+
+def _requires_grad(output, kwargs) -> bool:
+    return bool(getattr(output, "requires_grad", False))
+
+
+def no_graph(task: str):
+    """The result carries no autograd graph (computed without gradients)."""
+
+    def prop(fn, case: Case) -> None:
+        if fn.call(case.kwargs, post=_requires_grad).output:
+            raise CheckFailed(f"{task} on {case.description} returned a tensor that requires grad: run the model "
+                              "under torch.no_grad() (activations need no gradients, and keeping the graph costs "
+                              "memory).")
+
+    return prop
 
 
 reference_check("lab07.text_activations.reference", "text_activations",
@@ -681,9 +760,11 @@ def padding_free(task: str, rtol: float, atol: float):
 
 
 property_check("lab07.text_activations.properties", "text_activations",
-               "padding changes nothing; hooks removed; model (eval mode) and inputs untouched",
+               "padding changes nothing; no gradients; hooks removed (also when the model fails); model and inputs "
+               "untouched",
                lambda: text_cases("acts")[1:2],
-               all_of(padding_free("text_activations", 1e-4, 1e-5), side_effect_free("text_activations")))
+               all_of(padding_free("text_activations", 1e-4, 1e-5), no_graph("text_activations"),
+                      side_effect_free("text_activations"), no_hooks_left_on_error("text_activations", bad_token)))
 
 TEXT_DD_HINT = ("'cls': ∂score/∂(block output at position 0) · CAV. 'mean': the derivative when EVERY real token's "
                 "state moves along the CAV (which moves the mean-pooled state by exactly the CAV) = "
@@ -710,7 +791,9 @@ def head_identity(fn, case: Case) -> None:
 
 
 property_check("lab07.text_directional_derivatives.properties", "text_directional_derivatives",
-               "exact at minilm's mean-pooled last block; padding changes nothing; hooks removed; model untouched",
+               "exact at minilm's mean-pooled last block; padding changes nothing; hooks removed (also when the "
+               "model fails); model untouched",
                lambda: text_cases("dd")[2:3],
                all_of(head_identity, padding_free("text_directional_derivatives", 1e-3, 1e-5),
-                      side_effect_free("text_directional_derivatives", rtol=1e-3, atol=1e-5)))
+                      side_effect_free("text_directional_derivatives", rtol=1e-3, atol=1e-5),
+                      no_hooks_left_on_error("text_directional_derivatives", bad_token)))
