@@ -22,7 +22,8 @@ from torch import nn
 from grader.answers import lab05 as ref
 from grader.checks import (Case, CheckFailed, all_of, as_tensor, assert_close, copy_kwargs, prepared_check,
                            property_check, reference_check)
-from grader.checks.properties import ForwardCounter, check_no_side_effects, side_effect_free
+from grader.checks.properties import (ForwardCounter, check_no_side_effects, extra_dim, no_graph,
+                                       no_hooks_left_on_error, side_effect_free)
 from grader.fixtures import SENTENCES, model, text_batch
 from xailab.datasets.photos import PHOTOS, load_photo
 
@@ -230,9 +231,11 @@ def twice_case() -> list[Case]:
 
 
 property_check("lab05.layer_activation.properties", "layer_activation",
-               "hook removed and model untouched; gradients flow to the inputs; a layer run twice gives its last output",
+               "hook removed (also when the model fails), model untouched; gradients flow to the inputs; a layer run "
+               "twice gives its last output",
                lambda: activation_cnn_cases()[:1] + twice_case(),
-               all_of(side_effect_free("layer_activation"), gradients_flow, last_call))
+               all_of(side_effect_free("layer_activation"), gradients_flow, last_call,
+                      no_hooks_left_on_error("layer_activation", extra_dim)))
 
 # ------------------------------------------------------------------ make_objective
 
@@ -564,6 +567,11 @@ def fourier_cases() -> list[Case]:
         Case("a (1, 3, 16, 9, 2) spectrum, size 16, decay 0 (no scaling)",
              dict(spectrum=spectrum(1, 16, 16, 23), size=16, decay=0.0)),
         Case("a (1, 3, 64, 33, 2) spectrum, size 64, decay 1", dict(spectrum=spectrum(1, 64, 64, 24, 0.01), size=64)),
+        Case("a (2, 3, 10, 4, 2) spectrum, size (10, 6) (taller than wide), decay 1",
+             dict(spectrum=spectrum(2, 10, 6, 25), size=(10, 6))),
+        Case("a (1, 3, 8, 5, 2) spectrum that is a non-contiguous view (real and imaginary parts stored apart), "
+             "size 8, decay 1", dict(spectrum=spectrum(1, 8, 8, 26).permute(4, 0, 1, 2, 3).contiguous()
+                                     .permute(1, 2, 3, 4, 0), size=8)),
     ]
 
 
@@ -973,8 +981,8 @@ def _counted_examples(output, kwargs):
 
 
 property_check("lab05.top_activating_examples.properties", "top_activating_examples",
-               "ties broken by the lower index; batches of batch_size images; model and images untouched",
-               tie_case, ties_and_batches)
+               "ties broken by the lower index; batches of batch_size images; no gradients; model and images untouched",
+               tie_case, all_of(ties_and_batches, no_graph("top_activating_examples")))
 
 # ------------------------------------------------------------------ top_activating_tokens
 
@@ -1002,6 +1010,9 @@ def same_tokens(fn, case: Case, expected) -> None:
     if not values.shape == sent.shape == pos.shape == (k,):
         raise CheckFailed(f"top_activating_tokens should return three tensors of shape ({k},), got "
                           f"{tuple(values.shape)}, {tuple(sent.shape)}, {tuple(pos.shape)}.")
+    if ((sent - sent.round()).abs() > 0).any() or ((pos - pos.round()).abs() > 0).any():
+        raise CheckFailed(f"top_activating_tokens on {case.description}: sentence_index and position must be whole "
+                          f"numbers (indices), got {sent.tolist()} and {pos.tolist()}. Integer division: order // T.")
     got = list(zip(sent.long().tolist(), pos.long().tolist()))
     want = list(zip(expected[1].tolist(), expected[2].tolist()))
     if got != want:
@@ -1041,7 +1052,7 @@ def tokens_properties(fn, case: Case) -> None:
 
 
 property_check("lab05.top_activating_tokens.properties", "top_activating_tokens",
-               "never padding, no [CLS]/[SEP] by default, decreasing values; the model untouched",
+               "never padding, no [CLS]/[SEP] by default, decreasing values; no gradients; the model untouched",
                lambda: [Case(c.description.replace("k=5", "k=20"), dict(c.kwargs, k=20))
                         for c in token_cases("tiny-bert-sentiment")[:1] + token_cases("minilm-sentiment")[:1]],
-               tokens_properties)
+               all_of(tokens_properties, no_graph("top_activating_tokens")))

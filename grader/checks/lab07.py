@@ -19,8 +19,8 @@ from torch import nn
 from grader.answers import lab07 as ref
 from grader.checks import (Case, CheckFailed, all_of, as_tensor, assert_close, copy_kwargs, prepared_check,
                            property_check, reference_check)
-from grader.checks.properties import (batch_equals_single, check_no_side_effects, count_forward,
-                                       no_hooks_left_on_error, side_effect_free)
+from grader.checks.properties import (batch_equals_single, check_no_side_effects, count_forward, extra_dim,
+                                       no_graph, no_hooks_left_on_error, side_effect_free)
 from grader.fixtures import EQUAL_LENGTH, EmbeddingInput, model
 
 MIN_COS = 0.99  # any solver that converges finds the same CAV: cosine ≥ 0.99 is a fair demand
@@ -253,11 +253,6 @@ def activations_batched(fn, case: Case) -> None:
     if rows > 4 or calls > math.ceil(n / 4):
         raise CheckFailed(f"layer_activations made {calls} forward passes of up to {rows} inputs for {n} inputs with "
                           f"batch_size=4: expected {math.ceil(n / 4)} passes of at most 4 inputs each.")
-
-
-def extra_dim(case: Case) -> dict:
-    """The case's arguments with a trailing dimension of size 1 added to the inputs: the model fails."""
-    return dict(case.kwargs, inputs=case.kwargs["inputs"].unsqueeze(-1).clone())
 
 
 property_check("lab07.layer_activations.properties", "layer_activations",
@@ -714,22 +709,6 @@ def bad_token(case: Case) -> dict:
     ids = case.kwargs["input_ids"].clone()
     ids[0, 1] = 10 ** 6
     return dict(case.kwargs, input_ids=ids)
-
-
-def _requires_grad(output, kwargs) -> bool:
-    return bool(getattr(output, "requires_grad", False))
-
-
-def no_graph(task: str):
-    """The result carries no autograd graph (computed without gradients)."""
-
-    def prop(fn, case: Case) -> None:
-        if fn.call(case.kwargs, post=_requires_grad).output:
-            raise CheckFailed(f"{task} on {case.description} returned a tensor that requires grad: run the model "
-                              "under torch.no_grad() (activations need no gradients, and keeping the graph costs "
-                              "memory).")
-
-    return prop
 
 
 reference_check("lab07.text_activations.reference", "text_activations",

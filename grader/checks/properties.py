@@ -118,3 +118,27 @@ def no_hooks_left_on_error(task: str, failing):
                                   "model inside try: … finally: that removes them.")
 
     return prop
+
+
+def _requires_grad(output, kwargs) -> bool:
+    """Whether the result (or any tensor of a returned tuple) carries autograd history."""
+    items = output if isinstance(output, (tuple, list)) else (output,)
+    return any(bool(getattr(item, "requires_grad", False)) for item in items)
+
+
+def no_graph(task: str):
+    """The result carries no autograd graph: it was computed without gradients, as the docstring says."""
+
+    def prop(fn, case: Case) -> None:
+        if fn.call(case.kwargs, post=_requires_grad).output:
+            raise CheckFailed(f"{task} on {case.description} returned a tensor that requires grad: run the model "
+                              "under torch.no_grad() (these values need no gradients, and keeping the graph costs "
+                              "memory).")
+
+    return prop
+
+
+def extra_dim(case: Case) -> dict:
+    """The case's arguments with a trailing dimension of size 1 added to `inputs`: the model fails inside
+    its forward pass (for no_hooks_left_on_error)."""
+    return dict(case.kwargs, inputs=case.kwargs["inputs"].unsqueeze(-1).clone())
