@@ -14,12 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lucent.optvis import objectives, param, render, transform
+from lucent.optvis.param import color, spatial
+
 from grader.answers import lab05 as ref
 from grader.fixtures import model, text_batch
-
-lucent = pytest.importorskip("lucent")
-from lucent.optvis import objectives, param, render, transform  # noqa: E402
-from lucent.optvis.param import color, spatial  # noqa: E402
 
 
 @pytest.fixture(scope="module")
