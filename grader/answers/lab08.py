@@ -48,7 +48,7 @@ def exhaustive_one_edit(model, input_ids, attention_mask, target, candidate_ids,
     scores = [model(input_ids=edited[i:i + batch_size], attention_mask=masks[i:i + batch_size])
               .gather(1, index[rows[i:i + batch_size]][:, None])[:, 0]
               for i in range(0, len(rows), batch_size)]
-    out = torch.full((b, t, len(candidate_ids)), float("-inf"), device=input_ids.device)
+    out = torch.full((b, t, len(candidate_ids)), float("-inf"), dtype=base.dtype, device=input_ids.device)
     if len(rows):
         out[rows, pos, cand] = torch.cat(scores) - base[rows]
     return out
@@ -140,7 +140,9 @@ def minimality_gap(model, tokenizer, sentence, target, candidates, n_edits, max_
 def counterfactual_image(model, x, target, lam=0.01, steps=100, lr=0.05, init_noise=0.0, generator=None):
     x0 = x.detach()
     index = _index(target, x0.shape[0], x0.device)
-    start = x0 + init_noise * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    start = x0
+    if init_noise > 0:
+        start = x0 + init_noise * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     xp = start.clamp(0, 1).requires_grad_(True)
     opt = torch.optim.Adam([xp], lr=lr)
     for _ in range(steps):

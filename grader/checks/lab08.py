@@ -20,7 +20,7 @@ from torch import nn
 from grader.answers import lab08 as ref
 from grader.checks import (Case, CheckFailed, all_of, as_tensor, assert_close, copy_kwargs, prepared_check,
                            property_check)
-from grader.checks.properties import check_no_side_effects, count_forward
+from grader.checks.properties import carries_graph, check_no_side_effects, count_forward
 from grader.fixtures import mnist_batch, model
 
 TINY, MINILM = "tiny-bert-sentiment", "minilm-sentiment"
@@ -61,6 +61,23 @@ class LinearText(nn.Module):
 
 def linear_text(masked: bool = True) -> LinearText:
     return LinearText(vocab=len(model(TINY).tokenizer), masked=masked).eval()
+
+
+class PairText(nn.Module):
+    """Predicts class 1 exactly when token `first` sits at position 1 and token `second` at position 2:
+    a decision that two DIFFERENT substitutions reach together and no single one does."""
+
+    def __init__(self, first: int, second: int, vocab: int):
+        super().__init__()
+        self.first, self.second = first, second
+        self.embeddings = nn.Embedding(vocab, 2)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        hit = ((input_ids[:, 1] == self.first) & (input_ids[:, 2] == self.second)).float()
+        return torch.stack([1 - hit, hit], 1)
 
 
 # ------------------------------------------------------------------ sentences and helpers
@@ -230,14 +247,22 @@ def same_scores(second, first, case: Case) -> None:
                      1e-4, 1e-6, "The second call differs: are gradients accumulating between calls?")
 
 
+def detached_scores(fn, case: Case) -> None:
+    """Scores are numbers, not a graph: nothing in the result requires grad."""
+    if fn.call(case.kwargs, post=carries_graph).output:
+        raise CheckFailed(f"flip_scores on {case.description} returned a tensor that requires grad: build the scores "
+                          "from the gradient and DETACHED embeddings (embedding table and inputs_embeds .detach()), "
+                          "so the result carries no autograd graph.")
+
+
 property_check("lab08.flip_scores.linear", "flip_scores",
                "exact on a classifier linear in its embeddings; padding, [CLS], [SEP] and no-op edits excluded",
                linear_cases, flip_linear)
 
 property_check("lab08.flip_scores.properties", "flip_scores",
-               "batch = each sentence alone; model and inputs untouched; repeatable",
+               "batch = each sentence alone; model and inputs untouched; repeatable; no autograd graph",
                lambda: flip_cases()[:1],
-               all_of(no_side_effects_twice("flip_scores", same_scores), flip_per_sentence))
+               all_of(no_side_effects_twice("flip_scores", same_scores), flip_per_sentence, detached_scores))
 
 
 # ------------------------------------------------------------------ exhaustive_one_edit
@@ -622,8 +647,30 @@ def gap_cases() -> list[Case]:
         Case(f"{TINY}, 'the staff seemed rude and the food was cold .' → 1, 3 candidates, n_edits=2, max_edits=2, "
              "batch_size=5", dict(base, sentence="the staff seemed rude and the food was cold .", target=1,
                                   candidates=["kind", "warm", "table"], n_edits=2, max_edits=2, batch_size=5)),
+        # two edits would flip it, but max_edits=1 allows one: None
+        Case(f"{TINY}, 'the film was awful and boring .' → 1, 3 neutral candidates, n_edits=3, max_edits=1",
+             dict(base, sentence="the film was awful and boring .", target=1, candidates=["table", "kind", "the"],
+                  n_edits=3, max_edits=1)),
+        # only the very first substitution (position 1, the first candidate) flips it
+        Case(f"{TINY}, 'rude staff .' → 1, candidates ['kind'], n_edits=1, max_edits=1",
+             dict(base, sentence="rude staff .", target=1, candidates=["kind"], n_edits=1, max_edits=1, batch_size=2)),
     ]
+    tok = m.tokenizer
+    pair = PairText(*tok.convert_tokens_to_ids(["kind", "table"]), vocab=len(tok)).eval()
+    cases.append(Case("a toy model that predicts 1 only for 'kind' at position 1 AND 'table' at position 2, "
+                      "'the film .' → 1, candidates ['kind', 'table'], n_edits=3, max_edits=2",
+                      dict(model=pair, tokenizer=tok, sentence="the film .", target=1, candidates=["kind", "table"],
+                           n_edits=3, max_edits=2)))
     return cases
+
+
+def gap_batched(fn, case: Case) -> None:
+    """No forward pass sees more than batch_size rows."""
+    kw = dict(case.kwargs, batch_size=4)
+    _, calls, rows = count_forward(fn, kw)
+    if rows > 4:
+        raise CheckFailed(f"minimality_gap on {case.description} with batch_size=4 ran the model on {rows} rows at "
+                          "once: evaluate the edited sentences in batches of at most batch_size rows.")
 
 
 def gap_compare(fn, case: Case, expected) -> None:
@@ -648,6 +695,11 @@ def gap_compare(fn, case: Case, expected) -> None:
 prepared_check("lab08.minimality_gap.reference", "minimality_gap",
                "exhaustive minimum number of edits, and the gap to n_edits (tiny-bert and MiniLM)",
                gap_cases, lambda case: ref.minimality_gap(**copy_kwargs(case.kwargs)), gap_compare)
+
+property_check("lab08.minimality_gap.properties", "minimality_gap",
+               "the exhaustive search runs in batches of at most batch_size rows",
+               lambda: [c for c in gap_cases() if "neutral candidates, n_edits=3, max_edits=2" in c.description][:1],
+               gap_batched)
 
 
 # ------------------------------------------------------------------ counterfactual_image
@@ -830,12 +882,19 @@ def image_properties(fn, case: Case) -> None:
                      "others.")
 
 
+def image_detached(fn, case: Case) -> None:
+    if fn.call(dict(case.kwargs, steps=2), post=carries_graph).output:
+        raise CheckFailed(f"counterfactual_image on {case.description}: the returned x′ requires grad: return it "
+                          "detached (xp.detach()), a plain image.")
+
+
 property_check("lab08.counterfactual_image.properties", "counterfactual_image",
-               "x′ in [0, 1]; `flipped` is true; noise from the generator; batch = per image; model and x untouched",
+               "x′ in [0, 1] and detached; `flipped` is true; noise from the generator; batch = per image; model and "
+               "x untouched",
                lambda: [Case("mnist-cnn, 2 digits → classes [1, 7], lam=0.05, 6 steps, lr=0.05, init_noise=0.2",
                              dict(model=model("mnist-cnn"), x=digits(2, start=10), target=torch.tensor([1, 7]),
                                   lam=0.05, steps=6, lr=0.05, init_noise=0.2))],
-               image_properties)
+               all_of(image_properties, image_detached))
 
 
 # ------------------------------------------------------------------ nearest_unlike_neighbour

@@ -120,7 +120,7 @@ def no_hooks_left_on_error(task: str, failing):
     return prop
 
 
-def _requires_grad(output, kwargs) -> bool:
+def carries_graph(output, kwargs) -> bool:
     """Whether the result (or any tensor of a returned tuple) carries autograd history."""
     items = output if isinstance(output, (tuple, list)) else (output,)
     return any(bool(getattr(item, "requires_grad", False)) for item in items)
@@ -130,7 +130,7 @@ def no_graph(task: str):
     """The result carries no autograd graph: it was computed without gradients, as the docstring says."""
 
     def prop(fn, case: Case) -> None:
-        if fn.call(case.kwargs, post=_requires_grad).output:
+        if fn.call(case.kwargs, post=carries_graph).output:
             raise CheckFailed(f"{task} on {case.description} returned a tensor that requires grad: run the model "
                               "under torch.no_grad() (these values need no gradients, and keeping the graph costs "
                               "memory).")
