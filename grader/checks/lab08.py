@@ -103,16 +103,9 @@ def ids_of(words) -> torch.Tensor:
     return torch.tensor(tokenizer().convert_tokens_to_ids(list(words)))
 
 
-def editable(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that may be edited: unmasked, not the first ([CLS]) nor the last unmasked ([SEP])."""
-    mask = attention_mask.bool().clone()
-    mask[:, 0] = False
-    mask[torch.arange(len(mask)), attention_mask.long().sum(1) - 1] = False
-    return mask
-
-
 def allowed_entries(input_ids, attention_mask, candidate_ids) -> torch.Tensor:
-    return editable(attention_mask)[:, :, None] & (candidate_ids[None, None, :] != input_ids[:, :, None])
+    """Substitutions that may be made: editable positions (the answer key's rule), candidate ≠ current token."""
+    return ref.editable_mask(attention_mask)[:, :, None] & (candidate_ids[None, None, :] != input_ids[:, :, None])
 
 
 def predict(m, sentences) -> torch.Tensor:

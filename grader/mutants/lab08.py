@@ -7,10 +7,6 @@ import torch.nn.functional as F
 from grader.answers import lab08 as ref
 
 
-def _index(target, n):
-    return torch.as_tensor(target).reshape(-1).expand(n)
-
-
 def _scores(model, input_ids, attention_mask, target, candidate_ids, objective="logit", allowed=None,
             use_mask=True, subtract=True, sign=1.0):
     """First-order flip scores with one convention changed."""
@@ -18,7 +14,7 @@ def _scores(model, input_ids, attention_mask, target, candidate_ids, objective="
     logits = model(inputs_embeds=embeds, attention_mask=attention_mask if use_mask else None)
     if objective == "softmax":
         logits = logits.softmax(-1)
-    score = logits.gather(1, _index(target, len(input_ids))[:, None]).sum()
+    score = logits.gather(1, ref._index(target, len(input_ids))[:, None]).sum()
     (grad,) = torch.autograd.grad(score, embeds)
     table = model.get_input_embeddings().weight.detach()[candidate_ids]
     scores = grad @ table.T
@@ -65,7 +61,7 @@ def fs_no_attention_mask(model, input_ids, attention_mask, target, candidate_ids
 
 
 def fs_first_target(model, input_ids, attention_mask, target, candidate_ids):
-    return _scores(model, input_ids, attention_mask, int(_index(target, len(input_ids))[0]), candidate_ids)
+    return _scores(model, input_ids, attention_mask, int(ref._index(target, len(input_ids))[0]), candidate_ids)
 
 
 # --- exhaustive_one_edit
@@ -73,7 +69,7 @@ def ex_no_baseline(model, input_ids, attention_mask, target, candidate_ids, batc
     out = ref.exhaustive_one_edit(model, input_ids, attention_mask, target, candidate_ids, batch_size)
     with torch.no_grad():
         base = model(input_ids=input_ids, attention_mask=attention_mask).gather(
-            1, _index(target, len(input_ids))[:, None])
+            1, ref._index(target, len(input_ids))[:, None])
     return out + base[:, :, None]
 
 
@@ -183,7 +179,7 @@ def fr_no_attention_mask(model, tokenizer, sentences, target, batch_size=64):
         for i in range(0, len(sentences), batch_size):
             enc = tokenizer(list(sentences[i:i + batch_size]), padding=True, return_tensors="pt")
             preds.append(model(input_ids=enc["input_ids"]).argmax(1))
-    return (torch.cat(preds) == _index(target, len(sentences))).float().mean().item()
+    return (torch.cat(preds) == ref._index(target, len(sentences))).float().mean().item()
 
 
 def fr_not_equal(model, tokenizer, sentences, target, batch_size=64):
@@ -191,14 +187,14 @@ def fr_not_equal(model, tokenizer, sentences, target, batch_size=64):
 
 
 def fr_mean_of_batch_means(model, tokenizer, sentences, target, batch_size=64):
-    t = _index(target, len(sentences))
+    t = ref._index(target, len(sentences))
     rates = [ref.flip_rate(model, tokenizer, sentences[i:i + batch_size], t[i:i + batch_size])
              for i in range(0, len(sentences), batch_size)]
     return sum(rates) / len(rates)
 
 
 def fr_first_target(model, tokenizer, sentences, target, batch_size=64):
-    return ref.flip_rate(model, tokenizer, sentences, int(_index(target, len(sentences))[0]), batch_size)
+    return ref.flip_rate(model, tokenizer, sentences, int(ref._index(target, len(sentences))[0]), batch_size)
 
 
 # --- edit_distance
@@ -289,7 +285,7 @@ def mg_largest_k(model, tokenizer, sentence, target, candidates, n_edits, max_ed
 def _image(model, x, target, lam, steps, lr, init_noise, generator, penalty="l1", clamp=True, ce="sum",
            leave_grads=False):
     x0 = x.detach()
-    index = _index(target, len(x0))
+    index = ref._index(target, len(x0))
     start = x0 + init_noise * torch.randn(x0.shape, generator=generator)
     xp = (start.clamp(0, 1) if clamp else start).requires_grad_(True)
     opt = torch.optim.Adam([xp], lr=lr)
@@ -326,7 +322,7 @@ def ci_ce_mean(model, x, target, lam=0.01, steps=100, lr=0.05, init_noise=0.0, g
 def ci_flipped_on_x(model, x, target, lam=0.01, steps=100, lr=0.05, init_noise=0.0, generator=None):
     xp, _ = ref.counterfactual_image(model, x, target, lam, steps, lr, init_noise, generator)
     with torch.no_grad():
-        return xp, model(x).argmax(1) == _index(target, len(x))
+        return xp, model(x).argmax(1) == ref._index(target, len(x))
 
 
 def ci_global_noise(model, x, target, lam=0.01, steps=100, lr=0.05, init_noise=0.0, generator=None):
@@ -339,7 +335,7 @@ def ci_leaves_grads(model, x, target, lam=0.01, steps=100, lr=0.05, init_noise=0
 
 # --- nearest_unlike_neighbour
 def nn_l1(x, dataset, labels, target):
-    index = _index(target, len(x))
+    index = ref._index(target, len(x))
     d = (x.flatten(1)[:, None] - dataset.flatten(1)[None]).abs().sum(-1)
     return d.masked_fill(labels[None] != index[:, None], float("inf")).argmin(1)
 
@@ -350,13 +346,13 @@ def nn_any_class(x, dataset, labels, target):
 
 
 def nn_farthest(x, dataset, labels, target):
-    index = _index(target, len(x))
+    index = ref._index(target, len(x))
     d = ((x.flatten(1)[:, None] - dataset.flatten(1)[None]) ** 2).sum(-1)
     return d.masked_fill(labels[None] != index[:, None], -float("inf")).argmax(1)
 
 
 def nn_first_target(x, dataset, labels, target):
-    return ref.nearest_unlike_neighbour(x, dataset, labels, int(_index(target, len(x))[0]))
+    return ref.nearest_unlike_neighbour(x, dataset, labels, int(ref._index(target, len(x))[0]))
 
 
 MUTANTS = {
