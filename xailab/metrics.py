@@ -1,4 +1,4 @@
-"""Comparing explanations: rank correlation and mass inside a region."""
+"""Comparing explanations: linear and rank correlation, mass inside a region."""
 from __future__ import annotations
 
 import torch
@@ -16,6 +16,13 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ra, rb = rank(a.flatten(1)), rank(b.flatten(1))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation per example between two maps of shape (B, ...): returns (B,)."""
+    a, b = a.detach().flatten(1).double().cpu(), b.detach().flatten(1).double().cpu()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
 def mass_inside(attribution: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from xailab.assets import data_dir, model_dir, read_manifest, sha256, write_mani
 @dataclass
 class ZooEntry:
     name: str
-    kind: str  # "image" or "text"
+    kind: str  # "image", "text", "feature" (a model on precomputed features) or "data"
     summary: str
     loader: Callable[[Path | None], torch.nn.Module]
     recipe: Callable[[Path], dict] | None = None  # trains into a folder, returns card facts
@@ -43,8 +43,8 @@ def register(name: str, kind: str, summary: str, recipe: Callable[[Path], dict] 
 
 
 def _populate() -> None:
-    if not _ZOO:
-        from xailab.zoo import concepts, imagenet, mnist, text  # noqa: F401  (registration)
+    # every module, every time (imports are cached): one imported on its own must not hide the others
+    from xailab.zoo import concepts, imagenet, influence, mnist, text  # noqa: F401  (registration)
 
 
 def list_models() -> dict[str, str]:
@@ -91,7 +91,9 @@ def build(names: list[str] | None = None) -> None:
     """Retrain the named checkpoints (all trained ones by default) and update the MANIFEST."""
     _populate()
     root = data_dir()
-    names = names or [n for n, e in _ZOO.items() if e.recipe is not None]
+    # models first, then what is computed from them (kinds "data" and "feature"), in registration order
+    names = names or sorted((n for n, e in _ZOO.items() if e.recipe is not None),
+                            key=lambda n: _ZOO[n].kind in ("data", "feature"))
     for name in names:
         entry = _ZOO[name]
         if entry.recipe is None:
