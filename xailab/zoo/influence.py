@@ -54,7 +54,8 @@ def objective(model: nn.Module, loss_fn, inputs: torch.Tensor, target: torch.Ten
 def fit_lbfgs(model: nn.Module, loss_fn, inputs: torch.Tensor, target: torch.Tensor, l2: float,
               tol: float = 1e-10, max_rounds: int = 50) -> nn.Module:
     """Minimise `objective` with L-BFGS (strong Wolfe line search), in place, until the gradient norm is
-    below `tol` (reachable in float64; in float32 it stops at the rounding noise). Returns the model."""
+    below `tol` or `max_rounds` rounds end (in float64 the line search stalls near 1e-9, in float32 at the
+    rounding noise: polish with Newton steps when more is needed). Returns the model."""
     params = [p for p in model.parameters()]
     opt = torch.optim.LBFGS(params, lr=1, max_iter=500, tolerance_grad=tol / 10, tolerance_change=0.0,
                             history_size=50, line_search_fn="strong_wolfe")
@@ -302,7 +303,7 @@ def retrain_without(initial: nn.Module, loss_fn, inputs: torch.Tensor, target: t
         out = functional_call(initial, unflatten(initial, th), (x,))
         losses = torch.nn.functional.cross_entropy(out, t, reduction="none") if loss_fn is None else \
             vmap(lambda o, tt: loss_fn(o[None], tt[None]))(out, t)
-        return (w * losses).sum() / w.sum() + 0.5 * l2 * th.pow(2).sum()
+        return (w * losses).sum() / w.sum().clamp(min=1) + 0.5 * l2 * th.pow(2).sum()  # empty: weight decay only
 
     step = vmap(grad(minibatch_objective), in_dims=(0, 0, None, None))
     g = torch.Generator().manual_seed(seed)
