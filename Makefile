@@ -10,7 +10,7 @@ RUN    := PYTHONPATH=$(CURDIR) HF_HUB_OFFLINE=1 $(BIN)/python
 help:
 	@echo "make grade    autograde the sample submissions (or SUBMISSIONS=dir) and print the grade table"
 	@echo "make test     run the test suite (notebooks, checks, mutants, grading)"
-	@echo "make test-slow  the end-to-end sweeps: adversarial corpus, every lab from the wheel, grading under load"
+	@echo "make test-slow  the end-to-end sweeps: blank/partial/stripped samples of Labs 2+, adversarial corpus, every lab from the wheel, grading under load"
 	@echo "make labs     regenerate the student notebooks labs/ from solutions/"
 	@echo "make samples  rebuild the sample submissions in grader/samples/"
 	@echo "make models   retrain every course checkpoint into data/ (deterministic, ~10 min)"

@@ -1,8 +1,23 @@
 """The main job: real nbgrader runs over the bundled samples give the expected grades — serially, on
 two local workers, on a Dask cluster, after a resumed interruption, and on a machine whose CPUs are
-saturated by other work."""
+saturated by other work.
+
+What `make test` grades grows by one notebook a lab: the full sample of every lab (the lab's own
+checks through the sandboxed checker, full marks), and all four samples of FOUR_SAMPLE_LABS, whose
+partial samples hold every kind of planted bug the grader must survive (a syntax error, a function
+that raises, an endless loop stopped by the time limits, wrong values), whose stripped samples have
+their metadata restored and whose blank samples score 0. The blank, partial and stripped samples of
+the other labs are graded against expected.json by `make test-slow` (`graded_rest`), as is the
+agreement of serial, Dask and resumed grading on all four samples. A blank sample is the released
+notebook, which make test still runs per lab (tests/test_notebooks.py: nbgrader validate --invert,
+no test passes), and every check still fails on the blank stub per task (tests/test_mutants.py).
+
+XAILAB_TEST_LABS="lab04 lab07" (names or lab numbers) grades only those labs, e.g. while adding one.
+"""
+import base64
 import json
 import multiprocessing
+import os
 import shutil
 import time
 
@@ -13,15 +28,69 @@ from grader.worker import Job, grade_one
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
 STUDENTS = ("sample-full", "sample-blank", "sample-partial", "sample-stripped")
-ONE_LAB = "lab02-cam"  # the runs of a single lab use one that grades quickly (no endless loop in its partial sample)
+EVERY_LAB = ("sample-full",)  # graded for every lab by make test
+AGREEMENT = ("sample-full", "sample-blank")  # two different scores: the single-lab runs of make test
+# Lab 1's partial sample alone has a syntax error, a raising function, an endless loop and wrong
+# values (test_make_test_still_grades_every_kind_of_partial_bug keeps it so).
+FOUR_SAMPLE_LABS = ("lab01-saliency",)
+
+
+def selected_labs() -> list[str]:
+    wanted = os.environ.get("XAILAB_TEST_LABS", "").replace(",", " ").split()
+    labs = [lab for lab in EXPECTED if not wanted or lab in wanted or lab.split("-")[0] in wanted]
+    if not labs:
+        raise ValueError(f"XAILAB_TEST_LABS={' '.join(wanted)} names no lab of {', '.join(EXPECTED)}")
+    return labs
+
+
+LABS = selected_labs()
+# the runs of a single lab use one that grades quickly (no endless loop in its partial sample)
+ONE_LAB = "lab02-cam" if "lab02-cam" in LABS else LABS[0]
+
+
+def in_make_test(lab: str, student: str) -> bool:
+    return student in EVERY_LAB or lab in FOUR_SAMPLE_LABS
+
+
+CASES = [(lab, s) for lab in LABS for s in EXPECTED[lab]]
+DEFAULT = [case for case in CASES if in_make_test(*case)]
+REST = [case for case in CASES if not in_make_test(*case)]
+
+
+def subset(tmp_path, labs, students=STUDENTS):
+    subs = tmp_path / "submissions"
+    for student in students:
+        for lab in labs:
+            shutil.copytree(SAMPLES / student / lab, subs / student / lab)
+    return subs
+
+
+def grade_samples(tmp_path_factory, cases):
+    """Grade these (lab, student) samples as one class on two workers; (workspace, rows by (student, lab))."""
+    root = tmp_path_factory.mktemp("grading")
+    subs = root / "submissions"
+    for lab, student in cases:
+        shutil.copytree(SAMPLES / student / lab, subs / student / lab)
+    rows = grade(subs, workspace=root / "workspace", jobs=2)
+    print(table(rows))
+    return root / "workspace", {(r.student, r.lab): r for r in rows}
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    workspace = tmp_path_factory.mktemp("grading")
-    rows = grade(SAMPLES, workspace=workspace, jobs=2)
-    print(table(rows))
-    return workspace, {(r.student, r.lab): r for r in rows}
+    """make test: the full sample of every lab, all four samples of FOUR_SAMPLE_LABS."""
+    return grade_samples(tmp_path_factory, DEFAULT)
+
+
+@pytest.fixture(scope="module")
+def graded_rest(tmp_path_factory):
+    """make test-slow: the blank, partial and stripped samples of the other labs."""
+    if not REST:
+        pytest.skip("every selected lab's samples are graded by make test")
+    return grade_samples(tmp_path_factory, REST)
+
+
+RUNS = ["graded", pytest.param("graded_rest", marks=pytest.mark.slow)]
 
 
 def test_every_lab_has_the_four_samples():
@@ -31,9 +100,31 @@ def test_every_lab_has_the_four_samples():
             assert list((SAMPLES / student / lab).glob("*.ipynb")), f"{student}/{lab} missing"
 
 
-@pytest.mark.parametrize("lab,student", [(lab, s) for lab, ss in EXPECTED.items() for s in ss])
-def test_sample_scores(graded, lab, student):
-    _, rows = graded
+def test_make_test_still_grades_every_kind_of_partial_bug(graded):
+    """What make test leaves to make test-slow hides no kind of partial submission: the partial samples
+    it grades hold a syntax error (the function is then never defined), a function that raises, an
+    endless loop interrupted by the cell's time limit, and wrong values the checker rejects."""
+    workspace, rows = graded
+    labs = [lab for lab in FOUR_SAMPLE_LABS if ("sample-partial", lab) in rows]
+    if not labs:
+        pytest.skip("XAILAB_TEST_LABS selects none of FOUR_SAMPLE_LABS")
+    errors, rejected = set(), []
+    for lab in labs:
+        record = json.loads((workspace / "results" / f"sample-partial--{lab}.json").read_text())
+        rejected += [v for v in record["verdicts"] if not v["passed"]]
+        for data in record["autograded"].values():
+            nb = json.loads(base64.b64decode(data))
+            errors |= {o["ename"] for c in nb["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"}
+    if set(labs) == set(FOUR_SAMPLE_LABS):
+        assert {"SyntaxError", "NameError", "CellTimeout"} <= errors, errors
+        assert errors & {"RuntimeError", "NotImplementedError", "ValueError"}, errors
+    assert rejected, "no wrong values rejected by the checker"
+
+
+@pytest.mark.parametrize("lab,student", [case if in_make_test(*case) else pytest.param(*case, marks=pytest.mark.slow)
+                                         for case in CASES])
+def test_sample_scores(request, lab, student):
+    _, rows = request.getfixturevalue("graded" if in_make_test(lab, student) else "graded_rest")
     row, expected = rows[(student, lab)], EXPECTED[lab][student]
     assert row.auto_score == expected["score"], f"{student}/{lab}: {row.auto_score} ≠ {expected['score']}; {row.notes}"
     failed = next((n for n in row.notes if "test cells failed" in n), "")
@@ -43,23 +134,26 @@ def test_sample_scores(graded, lab, student):
         assert failed.count("test_") == len(expected["failed"]), row.notes
 
 
-def test_full_marks_are_the_maximum(graded):
-    _, rows = graded
+@pytest.mark.parametrize("run", RUNS)
+def test_full_marks_are_the_maximum(request, run):
+    _, rows = request.getfixturevalue(run)
     for (student, lab), row in rows.items():
         if student in ("sample-full", "sample-stripped"):
             assert row.auto_score == row.auto_max > 0
             assert not any("tampering" in n or "abnormally" in n for n in row.notes), row.notes
 
 
-def test_stripped_metadata_is_recorded(graded):
-    _, rows = graded
+@pytest.mark.parametrize("run", RUNS)
+def test_stripped_metadata_is_recorded(request, run):
+    _, rows = request.getfixturevalue(run)
     for (student, lab), row in rows.items():
         if student == "sample-stripped":
             assert any("metadata missing" in n for n in row.notes), row.notes
 
 
-def test_feedback_export_and_journal(graded):
-    workspace, rows = graded
+@pytest.mark.parametrize("run", RUNS)
+def test_feedback_export_and_journal(request, run):
+    workspace, rows = request.getfixturevalue(run)
     for student, lab in rows:
         html = list((workspace / "feedback" / student / lab).glob("*.html"))
         assert html, f"no feedback for {student}/{lab}"
@@ -74,26 +168,22 @@ def test_feedback_export_and_journal(graded):
 
 def test_cost_breakdown(graded):
     workspace, rows = graded
-    record = json.loads((workspace / "results" / f"sample-full--{next(iter(EXPECTED))}.json").read_text())
+    record = json.loads((workspace / "results" / f"sample-full--{LABS[0]}.json").read_text())
     t = record["timings"]
     assert t["total"] > 0 and t["imports"] > 0 and t["student_code_in_checks"] > 0
     assert sum(v for k, v in t.items() if k != "total") <= t["total"] * 1.05
 
 
-def subset(tmp_path, labs, students=STUDENTS):
-    subs = tmp_path / "submissions"
-    for student in students:
-        for lab in labs:
-            shutil.copytree(SAMPLES / student / lab, subs / student / lab)
-    return subs
-
-
-def test_serial_dask_cluster_and_resume_agree(graded, tmp_path):
+@pytest.mark.parametrize("students", [AGREEMENT, pytest.param(STUDENTS, marks=pytest.mark.slow)],
+                         ids=["full-and-blank", "four-samples"])
+def test_serial_dask_cluster_and_resume_agree(tmp_path, students):
     """One lab three ways: in this process, on a Dask cluster given by its address, and resumed after
-    two results were lost — always the grades of the two-worker run."""
-    _, rows = graded
+    half the results were lost — always the expected grades, which the two-worker run gives too
+    (test_sample_scores). make test uses the full and blank samples (two different scores); make
+    test-slow all four."""
     lab = ONE_LAB
-    subs = subset(tmp_path, [lab])
+    expected = {s: EXPECTED[lab][s]["score"] for s in students}
+    subs = subset(tmp_path, [lab], students)
     serial = grade(subs, workspace=tmp_path / "serial")
     from dask.distributed import LocalCluster
 
@@ -101,16 +191,16 @@ def test_serial_dask_cluster_and_resume_agree(graded, tmp_path):
                       silence_logs=40) as cluster:
         clustered = grade(subs, workspace=tmp_path / "cluster", scheduler=cluster.scheduler_address)
     for run in (serial, clustered):
-        assert {r.student: r.auto_score for r in run} == {s: rows[(s, lab)].auto_score for s in STUDENTS}
+        assert {r.student: r.auto_score for r in run} == expected
     journal = tmp_path / "serial" / "results"
-    lost = sorted(journal.glob("*.json"))[:2]
+    lost = sorted(journal.glob("*.json"))[:len(students) // 2]
     for path in lost:
         path.unlink()
     start = time.perf_counter()
     resumed = grade(subs, workspace=tmp_path / "serial", resume=True)
     assert {r.student: r.auto_score for r in resumed} == {r.student: r.auto_score for r in serial}
-    assert len(list(journal.glob("*.json"))) == len(STUDENTS)
-    print(f"resume regraded {len(lost)} of {len(STUDENTS)} in {time.perf_counter() - start:.1f} s")
+    assert len(list(journal.glob("*.json"))) == len(students)
+    print(f"resume regraded {len(lost)} of {len(students)} in {time.perf_counter() - start:.1f} s")
 
 
 def _burn(seconds):

@@ -20,7 +20,10 @@ def notebook(lab: str, root: str = "solutions") -> Path:
 @pytest.mark.parametrize("lab", LABS)
 def test_solution_notebook_runs_silently(lab):
     """Every cell runs (visible and hidden tests pass: a failing cell raises) and no test cell writes to
-    stderr. The same notebook through nbgrader's real pipeline: tests/test_grading.py (sample-full)."""
+    stderr. The same notebook through nbgrader's real pipeline: tests/test_grading.py (sample-full).
+    Not a duplicate of grading sample-full: only here do the %%experiment cells run (grading skips
+    them), the hidden checks run in-process as an instructor validating a solution sees them, and test
+    cells are held to a silent stderr."""
     nb, seconds = execute(notebook(lab))
     noisy = stderr_cells(nb)
     test_cells = [c for c in noisy if c.startswith("test_")]
@@ -36,6 +39,9 @@ def nbgrader(*args, cwd=REPO):
 
 @pytest.mark.parametrize("lab", LABS)
 def test_nbgrader_validate_invert_on_release(lab):
+    """No test cell passes on the released notebook (the blank sample): with the blank stub failing
+    every check (tests/test_mutants.py), this is why make test grades the blank sample only of the
+    labs in FOUR_SAMPLE_LABS (tests/test_grading.py)."""
     result = nbgrader("validate", "--invert", str(notebook(lab, "labs")))
     assert "Success! The notebook does not pass any tests." in result.stdout, result.stdout + result.stderr
 
