@@ -22,10 +22,28 @@ def side_effect_free(task: str, extra: dict | None = None, rtol: float = 1e-4, a
         first = fn.call(kwargs, observe=True)
         check_no_side_effects(task, first.facts)
         second = fn(**kwargs)
-        assert_close(second, as_tensor(first.output, task), f"{task} called twice on {case.description}", rtol, atol,
-                     "The second call differs: are gradients accumulating between calls?")
+        assert_same_output(second, first.output, task, f"{task} called twice on {case.description}", rtol, atol,
+                           "The second call differs: are gradients accumulating between calls?")
 
     return prop
+
+
+def assert_same_output(actual, expected, task: str, what: str, rtol: float, atol: float, hint: str = "") -> None:
+    """`actual` agrees with `expected`, a tensor or a tuple/list of tensors: float tensors within the
+    tolerance, bool and integer tensors (masks, token ids) exactly."""
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(actual, (tuple, list)) or len(actual) != len(expected):
+            raise CheckFailed(f"{what}: expected {len(expected)} results, got {type(actual).__name__}. {hint}".strip())
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same_output(a, e, task, f"{what} (result {i})", rtol, atol, hint)
+        return
+    expected = as_tensor(expected, task)
+    if expected.is_floating_point() or expected.is_complex():
+        assert_close(actual, expected, what, rtol, atol, hint)
+        return
+    actual = as_tensor(actual, task)
+    if tuple(actual.shape) != tuple(expected.shape) or actual.dtype != expected.dtype or not torch.equal(actual, expected):
+        raise CheckFailed(f"{what}: the two results are not identical. {hint}".strip())
 
 
 def check_no_side_effects(task: str, facts: dict) -> None:
@@ -142,3 +160,54 @@ def extra_dim(case: Case) -> dict:
     """The case's arguments with a trailing dimension of size 1 added to `inputs`: the model fails inside
     its forward pass (for no_hooks_left_on_error)."""
     return dict(case.kwargs, inputs=case.kwargs["inputs"].unsqueeze(-1).clone())
+
+
+def argument_state(kwargs: dict) -> dict:
+    """The state of the models and tensors INSIDE lists, tuples and dicts among the arguments (a list of
+    checkpoints, an (X, y) pair), which `observe=True` does not look into: {name: state}, e.g. "train[0]"."""
+    from xailab.grading import module_facts
+
+    state: dict = {}
+
+    def visit(value, name: str, depth: int) -> None:
+        if depth > 0 and isinstance(value, nn.Module):
+            state[name] = {"facts": module_facts(value),
+                           "values": [t.detach().clone() for t in list(value.parameters()) + list(value.buffers())]}
+        elif depth > 0 and isinstance(value, torch.Tensor):
+            state[name] = {"values": [value.detach().clone()], "requires_grad": bool(value.requires_grad),
+                           "grad": value.grad is not None}
+        elif depth < 3 and isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{name}[{i}]", depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{name}[{key!r}]", depth + 1)
+
+    for key, value in kwargs.items():
+        visit(value, key, 0)
+    return state
+
+
+def _after_call(output, kwargs):
+    return output, carries_graph(output, kwargs), argument_state(kwargs)
+
+
+def observed_call(fn, task: str, kwargs: dict, seed: int = 0):
+    """One call that raises CheckFailed if the function changed any model or tensor among its arguments — also
+    those inside lists, tuples and dicts (checkpoints, (X, y) pairs). Returns (output, whether the output
+    carries an autograd graph)."""
+    reply = fn.call(kwargs, observe=True, post=_after_call, seed=seed)
+    check_no_side_effects(task, reply.facts)
+    output, graph, after = reply.output
+    for name, before in argument_state(kwargs).items():
+        now = after.get(name) if isinstance(after, dict) else None
+        same = (isinstance(now, dict) and len(now.get("values", ())) == len(before["values"])
+                and all(isinstance(a, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+                        for a, b in zip(now["values"], before["values"]))
+                and all(now.get(k) == v for k, v in before.items() if k != "values"))
+        if not same:
+            raise CheckFailed(f"{task} changed `{name}` (its values, mode, requires_grad or .grad): leave every model "
+                              "and tensor you are given as it was — work on detached copies, use torch.func or "
+                              "torch.autograd.grad (no .backward()), and never call .train() or change weights in "
+                              "place.")
+    return output, bool(graph)

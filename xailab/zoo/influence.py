@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+with warnings.catch_warnings():  # torch's forward-mode AD (torch.func.hessian, jvp) warns about its own use of
+    warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script the first time it runs: load it quietly here
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 from xailab.zoo import load_state, register, save_checkpoint
 
