@@ -20,13 +20,7 @@ TINY, MINILM = "tiny-bert-sentiment", "minilm-sentiment"
 NEG_INF = float("-inf")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The slow versions make thousands of one-row forward passes: one thread is fastest for those."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the slow versions are fastest on one thread
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from xailab.zoo.influence import FeatureMLP, fit_lbfgs, load_checkpoints, retrai
 N, D, C, L2 = 80, 12, 10, 0.05   # 80 training rows, their first 12 features, 10 classes: p = 130 for a head
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The slow versions make many tiny autograd calls: one thread is fastest for those."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the slow versions are fastest on one thread
 
 
 @pytest.fixture(scope="module")
