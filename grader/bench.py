@@ -125,17 +125,33 @@ def synthetic_class(size: int, root: Path) -> Path:
     return out
 
 
+def class_costs(workspace: Path) -> dict:
+    """Summed over a graded class: seconds per part of the breakdown, and how many times a worker prepared
+    a lab's checks (a lab counts once per worker that prepared any of its checks)."""
+    records = [json.loads(p.read_text()) for p in (workspace / "results").glob("*.json")]
+    totals = {}
+    for record in records:
+        for part, seconds in record["timings"].items():
+            totals[part] = round(totals.get(part, 0.0) + seconds, 1)
+    prepared = {(r["worker"], r["lab"]) for r in records if r["timings"].get("preparing_checks", 0) > 0}
+    return {"lab_preparations": len(prepared), "seconds": totals}
+
+
 def speedup(report: dict, size: int, root: Path) -> None:
     submissions = synthetic_class(size, root)
-    times, scores = {}, {}
+    times, scores, costs = {}, {}, {}
     for jobs in (1, 2):
         start = time.perf_counter()
         rows = grade(submissions, workspace=root / f"ws{jobs}", jobs=jobs)
         times[jobs] = time.perf_counter() - start
         scores[jobs] = {(r.student, r.lab): r.auto_score for r in rows}
-        print(f"class of {size}: {jobs} worker(s) {times[jobs]:.1f} s ({times[jobs] / size:.1f} s per submission)")
+        costs[jobs] = class_costs(root / f"ws{jobs}")
+        print(f"class of {size}: {jobs} worker(s) {times[jobs]:.1f} s ({times[jobs] / size:.1f} s per submission); "
+              + f"{costs[jobs]['lab_preparations']} lab preparations; "
+              + ", ".join(f"{k} {v:g} s" for k, v in costs[jobs]["seconds"].items()))
     report["class"] = {"size": size, "1_worker_s": round(times[1], 1), "2_workers_s": round(times[2], 1),
-                       "speedup": round(times[1] / times[2], 2), "scores_agree": scores[1] == scores[2]}
+                       "speedup": round(times[1] / times[2], 2), "scores_agree": scores[1] == scores[2],
+                       "1_worker": costs[1], "2_workers": costs[2]}
     print(f"two-worker speed-up: {report['class']['speedup']}× (scores agree: {report['class']['scores_agree']})")
 
 

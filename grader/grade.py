@@ -172,6 +172,15 @@ def scores(workspace: Path, rows: dict[tuple[str, str], Row]) -> None:
 
 # ---------------------------------------------------------------- running the jobs
 
+def by_lab(jobs: list[Job], workers: list[str]) -> list[tuple[Job, str | None]]:
+    """Each job with the worker it should go to: the jobs sorted by lab, cut into one run of consecutive
+    jobs per worker. A worker prepares a lab's checks (references, the answer key's timing) the first time
+    it grades that lab, so this way each lab is prepared by one worker (or two, where a run ends inside it)
+    instead of by every worker. Without known workers, no preference."""
+    ordered = sorted(jobs, key=lambda job: (job.lab, job.sid))
+    return [(job, workers[i * len(workers) // len(ordered)] if workers else None) for i, job in enumerate(ordered)]
+
+
 def _dispatch(jobs: list[Job], template: Template, workers: int, scheduler: str | None):
     """Yield results as they finish: in this process, on local Dask workers, or on a Dask cluster."""
     if workers <= 1 and scheduler is None:
@@ -184,9 +193,14 @@ def _dispatch(jobs: list[Job], template: Template, workers: int, scheduler: str 
                                                   dashboard_address=None, silence_logs=40)
     client = Client(scheduler or cluster)
     try:
+        if cluster is not None:
+            client.wait_for_workers(workers)
         shared = client.scatter(template, broadcast=True)
-        futures = [client.submit(grade_one, job, shared, key=f"grade-{job.sid}-{job.lab}-{_job_key(job)}", pure=False)
-                   for job in jobs]
+        # a preference, not a rule (allow_other_workers): Dask still moves jobs to a worker that runs idle,
+        # and a worker that leaves takes none of them with it
+        futures = [client.submit(grade_one, job, shared, key=f"grade-{job.sid}-{job.lab}-{_job_key(job)}", pure=False,
+                                 workers=[worker] if worker else None, allow_other_workers=worker is not None)
+                   for job, worker in by_lab(jobs, sorted(client.scheduler_info()["workers"]))]
         for future in as_completed(futures):
             yield future.result()
     finally:

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from grader.grade import SAMPLES, grade, table
+from grader.grade import SAMPLES, by_lab, grade, table
 from grader.worker import Job, grade_one
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
@@ -201,6 +201,22 @@ def test_serial_dask_cluster_and_resume_agree(tmp_path, students):
     assert {r.student: r.auto_score for r in resumed} == {r.student: r.auto_score for r in serial}
     assert len(list(journal.glob("*.json"))) == len(students)
     print(f"resume regraded {len(lost)} of {len(students)} in {time.perf_counter() - start:.1f} s")
+
+
+def test_jobs_go_to_workers_in_runs_of_one_lab():
+    """Two workers and a class of ten labs × four students (interleaved as the student ids sort): each
+    worker gets one run of consecutive labs, so each lab's checks are prepared once instead of twice."""
+    labs = [f"lab{i:02d}" for i in range(1, 11)]
+    jobs = [Job(f"s{n}", f"s{n}", lab, {}) for n in range(4) for lab in labs]
+    plan = by_lab(jobs, ["tcp://a", "tcp://b"])
+    assert sorted(id(job) for job, _ in plan) == sorted(id(job) for job in jobs)  # every job, once
+    assert [job.lab for job, _ in plan] == sorted(job.lab for job in jobs)  # lab by lab
+    per_worker = {w: [job for job, worker in plan if worker == w] for w in ("tcp://a", "tcp://b")}
+    assert [len(js) for js in per_worker.values()] == [20, 20]
+    assert {job.lab for job in per_worker["tcp://a"]}.isdisjoint({job.lab for job in per_worker["tcp://b"]})
+    odd = by_lab(jobs[:7], ["a", "b", "c"])  # uneven: runs of 2-3, a lab split only where a run ends
+    assert [w for _, w in odd] == ["a", "a", "a", "b", "b", "c", "c"]
+    assert [w for _, w in by_lab(jobs[:3], [])] == [None] * 3  # no known workers: no preference
 
 
 def _burn(seconds):
