@@ -7,8 +7,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from xailab.datasets.text import (NEGATIVE_WORDS, POSITIVE_WORDS, evidence_words, load_drug_reviews,
-                                  make_lexicon_sentences, tokenizer, vader_lexicon)
+from xailab.datasets.text import (NEGATIVE_WORDS, POSITIVE_WORDS, content_mask, evidence_words, gold_rationale,
+                                  load_drug_reviews, make_lexicon_sentences, tokenizer, vader_lexicon)
 from xailab.zoo import load_model
 
 MODELS = ["tiny-bert-sentiment", "minilm-sentiment"]
@@ -62,6 +62,20 @@ def test_word_positions_are_token_positions():
         tokens = tok.convert_ids_to_tokens(tok(text)["input_ids"])
         assert tokens[1:-1] == text.split()
         assert all(tokens[p + 1] == text.split()[p] for p in evidence)
+
+
+def test_token_masks_of_a_padded_batch():
+    tok = tokenizer()
+    data = make_lexicon_sentences(12, seed=3, split="test")
+    enc = tok(data.texts, padding=True, return_tensors="pt")
+    content, gold = content_mask(enc["attention_mask"]), gold_rationale(data.evidence, enc["input_ids"].shape)
+    special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    for i, (text, evidence) in enumerate(zip(data.texts, data.evidence)):
+        ids = enc["input_ids"][i].tolist()
+        assert [j for j, t in enumerate(ids) if t not in special] == content[i].nonzero().flatten().tolist()
+        tokens = tok.convert_ids_to_tokens(ids)
+        assert [tokens[j] for j in gold[i].nonzero().flatten().tolist()] == [text.split()[p] for p in sorted(evidence)]
+    assert not (gold & ~content).any()
 
 
 def test_drug_reviews():

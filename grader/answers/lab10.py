@@ -7,15 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from xailab.datasets.text import content_mask
+
 BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
-
-
-def content_mask(attention_mask):
-    """True at the content tokens of right-padded rows `[CLS] w1 … wn [SEP] [PAD]…`."""
-    real = attention_mask.bool()
-    n = real.sum(1, keepdim=True)
-    pos = torch.arange(real.shape[1], device=real.device)[None]
-    return real & (pos > 0) & (pos < n - 1)
 
 
 def top_k_rationale(scores, attention_mask, fraction):

@@ -26,15 +26,11 @@ PAD = 0
 
 @lru_cache(maxsize=None)
 def _lexicon(name: str, n: int, seed: int):
-    from xailab.datasets.text import make_lexicon_sentences
+    from xailab.datasets.text import gold_rationale, make_lexicon_sentences
 
     data = make_lexicon_sentences(n, seed=seed, split="test")
     enc = model(name).encode(data.texts)
-    gold = torch.zeros(enc["input_ids"].shape, dtype=torch.bool)
-    for i, evidence in enumerate(data.evidence):
-        for p in evidence:
-            gold[i, p + 1] = True  # word p is token p + 1 after [CLS]
-    return enc["input_ids"], enc["attention_mask"], gold
+    return enc["input_ids"], enc["attention_mask"], gold_rationale(data.evidence, enc["input_ids"].shape)
 
 
 def lexicon_batch(name: str = "tiny-bert-sentiment", n: int = 6, seed: int = 11):

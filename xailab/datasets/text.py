@@ -6,6 +6,9 @@
   adjectives of known polarity from the VADER lexicon. The positions of those words are returned
   as well: a ground truth for token attributions.
 * `tokenizer()`: the WordPiece tokenizer of all-MiniLM-L6-v2, shared by the course's text models.
+* `content_mask(attention_mask)` and `gold_rationale(evidence, shape)`: token masks of right-padded
+  batches `[CLS] w1 … wn [SEP] [PAD] …` (the tokenizer's layout): the content tokens, and the
+  evidence words of lexicon sentences.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
+
+import torch
 
 LABELS = ["negative", "positive"]  # label 0, label 1
 MIN_STRENGTH = 1.5  # |mean VADER rating| of an evidence word
@@ -237,3 +242,21 @@ def load_drug_reviews(split: str = "train") -> list[tuple[str, int]]:
     if split not in ("train", "test"):
         raise ValueError("split must be 'train' or 'test'")
     return list(_read_drug_reviews(split))
+
+
+def content_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: True at the content tokens of right-padded rows [CLS] w1 … wn [SEP] [PAD] …
+    (the real tokens except the first one, [CLS], and the last real one, [SEP])."""
+    real = attention_mask.bool()
+    n = real.sum(1, keepdim=True)
+    pos = torch.arange(real.shape[1], device=real.device)[None]
+    return real & (pos > 0) & (pos < n - 1)
+
+
+def gold_rationale(evidence: list[list[int]], shape: tuple[int, int]) -> torch.Tensor:
+    """(B, T) bool gold rationale of tokenized lexicon sentences: word p of sentence i is token p + 1
+    (after [CLS]); `evidence` as in `LexiconSentences.evidence`."""
+    gold = torch.zeros(shape, dtype=torch.bool)
+    for i, positions in enumerate(evidence):
+        gold[i, [p + 1 for p in positions]] = True
+    return gold
