@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -172,17 +173,43 @@ def scores(workspace: Path, rows: dict[tuple[str, str], Row]) -> None:
 
 # ---------------------------------------------------------------- running the jobs
 
-def by_lab(jobs: list[Job], workers: list[str]) -> list[tuple[Job, str | None]]:
-    """Each job with the worker it should go to: the jobs sorted by lab, cut into one run of consecutive
-    jobs per worker. A worker prepares a lab's checks (references, the answer key's timing) the first time
-    it grades that lab, so this way each lab is prepared by one worker (or two, where a run ends inside it)
-    instead of by every worker. Without known workers, no preference."""
-    ordered = sorted(jobs, key=lambda job: (job.lab, job.sid))
-    return [(job, workers[i * len(workers) // len(ordered)] if workers else None) for i, job in enumerate(ordered)]
+class LabRuns:
+    """The jobs sorted by lab and cut into one run of consecutive jobs per worker. A worker prepares a lab's
+    checks (references, the answer key's timing, the checker's models) the first time it grades that lab, so
+    this way each lab is prepared by one worker (or two, where a run ends inside it) instead of by every worker.
+    `next(worker)` is the next job of the worker's own run; a worker whose run is done takes the last job of
+    the longest run left (the lab its owner reaches last), and the runs of workers that left are shared out."""
+
+    def __init__(self, jobs: list[Job], workers: list[str]):
+        ordered = sorted(jobs, key=lambda job: (job.lab, job.sid))
+        self.runs: dict[str, deque[Job]] = {w: deque() for w in workers}
+        self.orphans: deque[Job] = deque()  # jobs of no present worker
+        for i, job in enumerate(ordered):
+            (self.runs[workers[i * len(workers) // len(ordered)]] if workers else self.orphans).append(job)
+
+    def keep(self, workers: set[str]) -> None:
+        """Follow the cluster: runs of workers that left become orphans; new workers start with none."""
+        for w in [w for w in self.runs if w not in workers]:
+            self.orphans.extend(self.runs.pop(w))
+        for w in sorted(workers):
+            self.runs.setdefault(w, deque())
+
+    def next(self, worker: str) -> Job | None:
+        own = self.runs.setdefault(worker, deque())
+        if own:
+            return own.popleft()
+        if self.orphans:
+            return self.orphans.popleft()
+        longest = max(self.runs.values(), key=len)
+        return longest.pop() if longest else None
 
 
 def _dispatch(jobs: list[Job], template: Template, workers: int, scheduler: str | None):
-    """Yield results as they finish: in this process, on local Dask workers, or on a Dask cluster."""
+    """Yield results as they finish: in this process, on local Dask workers, or on a Dask cluster.
+
+    On Dask each worker has one job at a time, the next of its `LabRuns` run, handed out as its last one
+    finishes (jobs queued all at once get stolen by idle workers, across labs). A job's worker is a
+    preference (`allow_other_workers`): a worker that leaves takes no job with it."""
     if workers <= 1 and scheduler is None:
         for job in jobs:
             yield grade_one(job, template)
@@ -196,12 +223,25 @@ def _dispatch(jobs: list[Job], template: Template, workers: int, scheduler: str 
         if cluster is not None:
             client.wait_for_workers(workers)
         shared = client.scatter(template, broadcast=True)
-        # a preference, not a rule (allow_other_workers): Dask still moves jobs to a worker that runs idle,
-        # and a worker that leaves takes none of them with it
-        futures = [client.submit(grade_one, job, shared, key=f"grade-{job.sid}-{job.lab}-{_job_key(job)}", pure=False,
-                                 workers=[worker] if worker else None, allow_other_workers=worker is not None)
-                   for job, worker in by_lab(jobs, sorted(client.scheduler_info()["workers"]))]
-        for future in as_completed(futures):
+        present = set(client.scheduler_info()["workers"])
+        runs, running, placed = LabRuns(jobs, sorted(present)), as_completed(), {}
+
+        def feed() -> None:
+            runs.keep(present)
+            for worker in sorted(present - set(placed.values())):
+                job = runs.next(worker)
+                if job is None:
+                    return
+                future = client.submit(grade_one, job, shared, key=f"grade-{job.sid}-{job.lab}-{_job_key(job)}",
+                                       pure=False, workers=[worker], allow_other_workers=True)
+                placed[future] = worker
+                running.add(future)
+
+        feed()
+        for future in running:
+            placed.pop(future, None)
+            present = set(client.scheduler_info()["workers"]) or present
+            feed()
             yield future.result()
     finally:
         client.close()

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from grader.grade import SAMPLES, by_lab, grade, table
+from grader.grade import SAMPLES, LabRuns, grade, table
 from grader.worker import Job, grade_one
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
@@ -205,18 +205,30 @@ def test_serial_dask_cluster_and_resume_agree(tmp_path, students):
 
 def test_jobs_go_to_workers_in_runs_of_one_lab():
     """Two workers and a class of ten labs × four students (interleaved as the student ids sort): each
-    worker gets one run of consecutive labs, so each lab's checks are prepared once instead of twice."""
+    worker grades one run of consecutive labs, so each lab's checks are prepared once instead of twice; a
+    worker done early takes jobs from the end of the other's run; a departed worker's run is shared out."""
     labs = [f"lab{i:02d}" for i in range(1, 11)]
     jobs = [Job(f"s{n}", f"s{n}", lab, {}) for n in range(4) for lab in labs]
-    plan = by_lab(jobs, ["tcp://a", "tcp://b"])
-    assert sorted(id(job) for job, _ in plan) == sorted(id(job) for job in jobs)  # every job, once
-    assert [job.lab for job, _ in plan] == sorted(job.lab for job in jobs)  # lab by lab
-    per_worker = {w: [job for job, worker in plan if worker == w] for w in ("tcp://a", "tcp://b")}
-    assert [len(js) for js in per_worker.values()] == [20, 20]
-    assert {job.lab for job in per_worker["tcp://a"]}.isdisjoint({job.lab for job in per_worker["tcp://b"]})
-    odd = by_lab(jobs[:7], ["a", "b", "c"])  # uneven: runs of 2-3, a lab split only where a run ends
-    assert [w for _, w in odd] == ["a", "a", "a", "b", "b", "c", "c"]
-    assert [w for _, w in by_lab(jobs[:3], [])] == [None] * 3  # no known workers: no preference
+    runs = LabRuns(jobs, ["tcp://a", "tcp://b"])
+    got = {"tcp://a": [], "tcp://b": []}
+    for _ in range(20):  # the two workers take turns
+        for w in got:
+            got[w].append(runs.next(w))
+    assert sorted(id(job) for js in got.values() for job in js) == sorted(id(job) for job in jobs)  # each once
+    assert [job.lab for job in got["tcp://a"]] == sorted(labs * 4)[:20]  # lab by lab
+    assert {job.lab for job in got["tcp://a"]}.isdisjoint({job.lab for job in got["tcp://b"]})
+    assert runs.next("tcp://a") is None
+
+    fast = LabRuns(jobs[:8], ["a", "b"])  # a is twice as fast: it finishes its run, then takes b's last lab
+    order = [fast.next(w) for w in ("a", "b", "a", "a", "b", "a", "a", "b")]
+    assert [job.lab for job in order] == ["lab01", "lab05", "lab02", "lab03", "lab06", "lab04", "lab08", "lab07"]
+    assert fast.next("a") is None and fast.next("b") is None
+
+    gone = LabRuns(jobs[:6], ["a", "b", "c"])
+    assert [gone.next(w).lab for w in ("a", "b", "c")] == ["lab01", "lab03", "lab05"]
+    gone.keep({"a", "c"})  # b left: its run goes to whoever is free first
+    assert [gone.next(w).lab for w in ("c", "a", "a")] == ["lab06", "lab02", "lab04"]
+    assert LabRuns(jobs[:3], []).next("x").lab == "lab01"  # a worker that joins later gets work too
 
 
 def _burn(seconds):
