@@ -9,6 +9,7 @@ verdicts, and returns a `Result` of plain data that the driver merges into the c
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -82,6 +83,8 @@ class WorkerContext:
         xailab.grading.THREADS = template.threads
 
         self.root = Path(root or tempfile.mkdtemp(prefix="xailab-worker-"))
+        if root is None:  # students' notebooks do not outlive the worker
+            atexit.register(shutil.rmtree, self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self.use_sandbox = template.use_sandbox
         for lab, notebooks in template.release.items():

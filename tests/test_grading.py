@@ -19,7 +19,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +186,7 @@ def test_serial_dask_cluster_and_resume_agree(tmp_path, students):
     lab = ONE_LAB
     expected = {s: EXPECTED[lab][s]["score"] for s in students}
     subs = subset(tmp_path, [lab], students)
+    workspaces = set(Path(tempfile.gettempdir()).glob("xailab-worker-*"))
     serial = grade(subs, workspace=tmp_path / "serial")
     from dask.distributed import LocalCluster
 
@@ -192,6 +195,8 @@ def test_serial_dask_cluster_and_resume_agree(tmp_path, students):
         clustered = grade(subs, workspace=tmp_path / "cluster", scheduler=cluster.scheduler_address)
     for run in (serial, clustered):
         assert {r.student: r.auto_score for r in run} == expected
+    # the cluster's worker removed its private workspace (students' notebooks) when it stopped
+    assert len(set(Path(tempfile.gettempdir()).glob("xailab-worker-*")) - workspaces) <= 1  # this process's own
     journal = tmp_path / "serial" / "results"
     lost = sorted(journal.glob("*.json"))[:len(students) // 2]
     for path in lost:
