@@ -6,9 +6,9 @@
 SUBMISSIONS holds <student>/<lab>/<notebook>.ipynb (nbgrader's `submitted` layout; see
 grader/submissions.py for the other layouts accepted); by default the bundled samples. The driver
 runs generate_assignment, repairs what editors and students break, grades every submission
-(grader/worker.py: sandboxed kernel, trusted checker, scores from the checker's record) — one after
-the other, on N local workers, or on a Dask cluster — merges the results into one gradebook, then
-runs generate_feedback and export and writes the class report.
+(grader/worker.py: sandboxed kernel, trusted checker, scores from the checker's record, the feedback
+page) — one after the other, on N local workers, or on a Dask cluster — merges the results into one
+gradebook and feedback folder, then runs export and writes the class report.
 
 Every submission's result is journaled in <workspace>/results/ as soon as it is merged, so
 `--resume` after an interruption grades only what is missing. Bad notebooks, bad folders and abnormal
@@ -32,7 +32,7 @@ from pathlib import Path
 import nbformat
 
 from grader import sandbox
-from grader.course import REPO, SAMPLES, SOLUTIONS, all_labs, nbgrader, release, write_config  # noqa: F401 (re-exported)
+from grader.course import REPO, SAMPLES, SOLUTIONS, all_labs, generate_assignments, nbgrader, release, write_config  # noqa: F401 (re-exported)
 from grader.report import after_grading
 from grader.notebooks import answer_imports, deduplicate_grade_ids, read_notebook, reinsert_missing_cells, restore_metadata
 from grader.submissions import find
@@ -135,10 +135,17 @@ def merge(workspace: Path, result: Result, key: str) -> None:
         folder.mkdir(parents=True)
     for name, data in result.autograded.items():
         (folder / name).write_bytes(data)
+    folder = workspace / "feedback" / result.sid / result.lab
+    shutil.rmtree(folder, ignore_errors=True)
+    if result.feedback:
+        folder.mkdir(parents=True)
+    for name, data in result.feedback.items():
+        (folder / name).write_bytes(data)
     journal = workspace / "results" / f"{result.sid}--{result.lab}.json"
     journal.parent.mkdir(exist_ok=True)
     record = asdict(result)
-    record["autograded"] = {k: base64.b64encode(v).decode() for k, v in result.autograded.items()}
+    for pages in ("autograded", "feedback"):
+        record[pages] = {k: base64.b64encode(v).decode() for k, v in getattr(result, pages).items()}
     record["key"] = key
     journal.write_text(json.dumps(record) + "\n")
 
@@ -152,7 +159,8 @@ def journaled(workspace: Path, sid: str, lab: str, key: str) -> Result | None:
         return None
     if record.pop("key", None) != key:
         return None
-    record["autograded"] = {k: base64.b64decode(v) for k, v in record["autograded"].items()}
+    for pages in ("autograded", "feedback"):
+        record[pages] = {k: base64.b64decode(v) for k, v in record.get(pages, {}).items()}
     return Result(**record)
 
 
@@ -272,10 +280,10 @@ def grade(submissions: Path = SAMPLES, labs: list[str] | None = None,
     others = {lab: files for lab, files in course.items() if lab not in names}
     found = find(submissions, names, workspace / "incoming", others)
     release_names = {lab: names[lab] for lab in sorted({lab for _, lab in found.submissions})}
-    for lab in release_names:
-        if not (workspace / "release" / lab).is_dir():
-            if nbgrader(["generate_assignment", lab, "--force", "--create"], workspace, log):
-                raise RuntimeError(f"nbgrader generate_assignment {lab} failed; see {log}")
+    failed = generate_assignments([lab for lab in release_names if not (workspace / "release" / lab).is_dir()],
+                                  workspace, log)
+    if failed:
+        raise RuntimeError(f"nbgrader generate_assignment {', '.join(failed)} failed; see {log}")
     ids = safe_ids(sorted({student for student, _ in found.submissions}))
     rows: dict[tuple[str, str], Row] = {}
     pending: list[Job] = []
@@ -310,12 +318,6 @@ def grade(submissions: Path = SAMPLES, labs: list[str] | None = None,
     for result in results:
         row = rows[(result.student, result.lab)]
         row.notes, row.seconds = result.notes, result.seconds
-    for lab in sorted({lab for _, lab in rows}):
-        autograded = [row for (_, row_lab), row in rows.items()
-                      if row_lab == lab and list((workspace / "autograded" / row.sid / lab).glob("*.ipynb"))]
-        if autograded and nbgrader(["generate_feedback", lab, "--force"], workspace, log):
-            for row in autograded:
-                row.notes.append(f"generate_feedback failed for {lab} (see {log.name})")
     if nbgrader(["export", "--to", str(workspace / "grades.csv")], workspace, log):
         found.problems.append(f"nbgrader export failed (see {log})")
     scores(workspace, rows)

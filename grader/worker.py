@@ -5,7 +5,8 @@ released notebooks and the gradebook with the assignment's cells), so a worker o
 needs only the course's environment. Each worker process keeps a private nbgrader workspace and one
 trusted checker (checks are set up once per worker, then reused). `grade_one` runs nbgrader autograde
 in the sandbox, scores every graded cell from the checker's record, annotates the notebook with the
-verdicts, and returns a `Result` of plain data that the driver merges into the course's gradebook.
+verdicts, generates the student's feedback page, and returns a `Result` of plain data that the driver
+merges into the course's gradebook.
 """
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class Result:
     verdicts: list[dict]  # the checker's record: name, passed, message, seconds
     timings: dict[str, float]  # the cost breakdown of this submission
     worker: str = ""
+    feedback: dict[str, bytes] = field(default_factory=dict)  # file name -> the student's feedback page
 
 
 class WorkerContext:
@@ -96,6 +98,24 @@ class WorkerContext:
         write_config(self.root, kernel=sandbox.KERNEL_NAME if self.use_sandbox else "python3")
         sandbox.install_kernelspec(self.root / "jupyter")
         self.checker = Checker(self.root / "run")
+        self._nbgrader = None
+
+    def feedback(self, lab: str, sid: str, notes: list[str]) -> dict[str, bytes]:
+        """The submission's feedback pages (nbgrader generate_feedback, run in this process: no start-up per
+        submission) from this workspace's gradebook, which holds its trusted scores."""
+        from nbgrader.apps import NbGraderAPI
+        from traitlets.config.loader import PyFileConfigLoader
+
+        if self._nbgrader is None:
+            self._nbgrader = NbGraderAPI(config=PyFileConfigLoader("nbgrader_config.py", str(self.root)).load_config())
+        folder = self.root / "feedback" / sid / lab
+        shutil.rmtree(folder, ignore_errors=True)
+        done = self._nbgrader.generate_feedback(lab, sid)
+        pages = {p.name: p.read_bytes() for p in sorted(folder.glob("*.html"))}
+        if not done.get("success") or not pages:
+            notes.append(f"generate_feedback failed for {lab}: {(done.get('error') or 'no page written').strip()[-200:]}")
+        shutil.rmtree(folder, ignore_errors=True)
+        return pages
 
 
 _CONTEXTS: dict[str, WorkerContext] = {}
@@ -136,10 +156,12 @@ def grade_one(job: Job, template: Template) -> Result:
     notes += cell_notes(autograded)
     grades = trusted_scores(ctx.root, job.lab, job.sid, session, notes) if job.notebooks else []
     annotate(autograded, job.lab, session)
+    pages = ctx.feedback(job.lab, job.sid, notes) if list(autograded.glob("*.ipynb")) else {}
     result = Result(job.student, job.sid, job.lab, notes, seconds, grades,
                     {p.name: p.read_bytes() for p in sorted(autograded.glob("*.ipynb"))},
                     [vars(v) for v in session.verdicts],
-                    breakdown(timings_file, session, seconds), worker=f"{os.uname().nodename}:{os.getpid()}")
+                    breakdown(timings_file, session, seconds), worker=f"{os.uname().nodename}:{os.getpid()}",
+                    feedback=pages)
     shutil.rmtree(session.folder, ignore_errors=True)
     return result
 

@@ -205,6 +205,8 @@ def test_serial_dask_cluster_and_resume_agree(tmp_path, students):
     resumed = grade(subs, workspace=tmp_path / "serial", resume=True)
     assert {r.student: r.auto_score for r in resumed} == {r.student: r.auto_score for r in serial}
     assert len(list(journal.glob("*.json"))) == len(students)
+    for r in resumed:  # feedback pages come with the results, journaled or graded again
+        assert list((tmp_path / "serial" / "feedback" / r.sid / lab).glob("*.html")), r.student
     print(f"resume regraded {len(lost)} of {len(students)} in {time.perf_counter() - start:.1f} s")
 
 
@@ -308,3 +310,5 @@ def test_worker_grades_a_job_without_the_driver(graded, tmp_path):
     result = grade_one(Job("solo", "solo", lab, {name: (SAMPLES / "sample-full" / lab / name).read_bytes()}), template)
     assert sum(g["auto_score"] for g in result.grades if g["auto_score"]) == rows[("sample-full", lab)].auto_score
     assert all(v["passed"] for v in result.verdicts)
+    (page,) = result.feedback.values()  # the student's feedback page, made by the worker from its gradebook
+    assert "Autograder verdict" in page.decode() and "✓ lab" in page.decode()
