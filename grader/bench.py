@@ -8,7 +8,8 @@
   (references, answer-key timing — once per worker), the checker and transfers, the other cells;
   and the slowest hidden-test cell of each lab;
 * a synthetic class (copies of the samples under other names) graded with 1 and with 2 workers:
-  the speed-up;
+  the speed-up, and how many cores each run kept busy on average (one worker already keeps more than
+  one core busy, which bounds what a second can add);
 * the Lab 3 answer key's Integrated Gradients against captum's (time ratio);
 * the Lab 6 answer key dissecting one concept-cnn layer (64 units) on 2,000 concept images.
 """
@@ -137,16 +138,30 @@ def class_costs(workspace: Path) -> dict:
     return {"lab_preparations": len(prepared), "seconds": totals}
 
 
+def busy_cores() -> tuple[int, int] | None:
+    """The machine's (busy, all) CPU ticks so far, from /proc/stat (Linux); None elsewhere."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # all but idle and iowait
+
+
 def speedup(report: dict, size: int, root: Path) -> None:
     submissions = synthetic_class(size, root)
     times, scores, costs = {}, {}, {}
     for jobs in (1, 2):
-        start = time.perf_counter()
+        start, ticks = time.perf_counter(), busy_cores()
         rows = grade(submissions, workspace=root / f"ws{jobs}", jobs=jobs)
         times[jobs] = time.perf_counter() - start
         scores[jobs] = {(r.student, r.lab): r.auto_score for r in rows}
         costs[jobs] = class_costs(root / f"ws{jobs}")
+        now = busy_cores()
+        if ticks and now:  # how many cores the run kept busy on average (the whole machine)
+            (busy, total), (busy0, total0) = now, ticks
+            costs[jobs]["busy_cores"] = round((os.cpu_count() or 1) * (busy - busy0) / max(1, total - total0), 2)
         print(f"class of {size}: {jobs} worker(s) {times[jobs]:.1f} s ({times[jobs] / size:.1f} s per submission); "
+              + f"{costs[jobs].get('busy_cores', '?')} cores busy on average; "
               + f"{costs[jobs]['lab_preparations']} lab preparations; "
               + ", ".join(f"{k} {v:g} s" for k, v in costs[jobs]["seconds"].items()))
     report["class"] = {"size": size, "1_worker_s": round(times[1], 1), "2_workers_s": round(times[2], 1),
