@@ -112,6 +112,8 @@ def _job_key(job: Job) -> str:
 
 # ---------------------------------------------------------------- merging results into the course gradebook
 
+PAGES = ("autograded", "feedback")  # a result's files: workspace/<kind>/<student>/<lab>/
+
 def merge(workspace: Path, result: Result, key: str) -> None:
     """Put one worker's result into the course's gradebook and autograded folder, and journal it."""
     from nbgrader.api import Gradebook, MissingEntry
@@ -129,23 +131,18 @@ def merge(workspace: Path, result: Result, key: str) -> None:
             grade.auto_score = g["auto_score"]
             grade.needs_manual_grade = g["needs_manual_grade"]
         gb.db.commit()
-    folder = workspace / "autograded" / result.sid / result.lab
-    shutil.rmtree(folder, ignore_errors=True)
-    if result.autograded:
-        folder.mkdir(parents=True)
-    for name, data in result.autograded.items():
-        (folder / name).write_bytes(data)
-    folder = workspace / "feedback" / result.sid / result.lab
-    shutil.rmtree(folder, ignore_errors=True)
-    if result.feedback:
-        folder.mkdir(parents=True)
-    for name, data in result.feedback.items():
-        (folder / name).write_bytes(data)
+    for kind in PAGES:  # the result's files replace the submission's folder
+        folder, files = workspace / kind / result.sid / result.lab, getattr(result, kind)
+        shutil.rmtree(folder, ignore_errors=True)
+        if files:
+            folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
     journal = workspace / "results" / f"{result.sid}--{result.lab}.json"
     journal.parent.mkdir(exist_ok=True)
     record = asdict(result)
-    for pages in ("autograded", "feedback"):
-        record[pages] = {k: base64.b64encode(v).decode() for k, v in getattr(result, pages).items()}
+    for kind in PAGES:
+        record[kind] = {k: base64.b64encode(v).decode() for k, v in getattr(result, kind).items()}
     record["key"] = key
     journal.write_text(json.dumps(record) + "\n")
 
@@ -159,8 +156,8 @@ def journaled(workspace: Path, sid: str, lab: str, key: str) -> Result | None:
         return None
     if record.pop("key", None) != key:
         return None
-    for pages in ("autograded", "feedback"):
-        record[pages] = {k: base64.b64decode(v) for k, v in record.get(pages, {}).items()}
+    for kind in PAGES:
+        record[kind] = {k: base64.b64decode(v) for k, v in record.get(kind, {}).items()}
     return Result(**record)
 
 
